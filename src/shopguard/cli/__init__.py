@@ -1,0 +1,1 @@
+"""The ``shopguard`` command line: one module per command group, each exposing ``register(app)``."""

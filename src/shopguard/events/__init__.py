@@ -1,0 +1,1 @@
+"""Behaviour events: the schema every source is mapped to, ingestion, and the shop simulator."""

@@ -1,0 +1,340 @@
+"""Embedded DuckDB event store: events, labels and decisions, with idempotent appends.
+
+Appends are idempotent on ``event_id`` (events and decisions) and on ``(entity_kind, entity_id,
+scenario)`` (labels): re-ingesting a file adds nothing. Each append is one transaction, so a crash
+never leaves half a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from shopguard.errors import DataError, ShopguardError
+from shopguard.events.schema import COLUMN_NAMES, COLUMNS
+from shopguard.store.migrations import LATEST_VERSION, MIGRATIONS
+
+LABEL_COLUMNS = ("entity_kind", "entity_id", "label", "scenario", "labeled_at", "source")
+ENTITY_KINDS = ("event", "order", "user", "merchant", "device", "ip", "payment_instrument", "item", "review")
+
+
+def _arrow_schema() -> pa.Schema:
+    kinds = {"str": pa.string(), "float": pa.float64(), "int": pa.int32(), "ts": pa.timestamp("us"),
+             "json": pa.string()}
+    return pa.schema([(c.name, kinds[c.kind]) for c in COLUMNS])
+
+
+EVENT_ARROW_SCHEMA = _arrow_schema()
+
+
+class EventStore:
+    """A DuckDB file holding a shop's events, labels and decisions.
+
+    >>> store = EventStore(":memory:")
+    >>> store.count_events()
+    0
+    """
+
+    def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise ShopguardError(f"cannot open store {self.path}: {exc}", field="db", value=self.path) from exc
+        self._lock = threading.RLock()
+        if not read_only:
+            self.migrate()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version now in force."""
+        with self._lock:
+            self.con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, "
+                "applied_at TIMESTAMP DEFAULT current_timestamp)"
+            )
+            done = {r[0] for r in self.con.execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, name, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    for sql in statements:
+                        self.con.execute(sql)
+                    self.con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+                    self.con.execute("COMMIT")
+                except Exception:
+                    self.con.execute("ROLLBACK")
+                    raise
+            return self.schema_version()
+
+    def schema_version(self) -> int:
+        row = _first(self.con.execute("SELECT max(version) FROM schema_migrations"))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append_events(self, events: pl.DataFrame | pa.Table | Sequence[dict[str, Any]]) -> int:
+        """Insert events not already present (by ``event_id``); returns how many were new."""
+        table = _events_to_arrow(events)
+        if table.num_rows == 0:
+            return 0
+        with self._lock:
+            self.con.register("_incoming", table)
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                before = self._count("events")
+                cols = ", ".join(COLUMN_NAMES)
+                # DISTINCT ON drops duplicates inside the batch; ON CONFLICT those already stored.
+                self.con.execute(
+                    f"INSERT INTO events ({cols}) SELECT DISTINCT ON (event_id) {cols} FROM _incoming "
+                    "ON CONFLICT DO NOTHING"
+                )
+                added = self._count("events") - before
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            finally:
+                self.con.unregister("_incoming")
+        return added
+
+    def append_labels(self, labels: pl.DataFrame | Sequence[dict[str, Any]], *, replace: bool = False) -> int:
+        """Insert labels; an existing (entity_kind, entity_id, scenario) is kept unless ``replace``."""
+        df = labels if isinstance(labels, pl.DataFrame) else pl.DataFrame(list(labels), infer_schema_length=None)
+        if df.height == 0:
+            return 0
+        missing = {"entity_kind", "entity_id", "label", "labeled_at"} - set(df.columns)
+        if missing:
+            raise DataError(f"labels need columns {sorted(missing)}", field=sorted(missing)[0])
+        if "scenario" not in df.columns:
+            df = df.with_columns(pl.lit("").alias("scenario"))
+        if "source" not in df.columns:
+            df = df.with_columns(pl.lit("ingest").alias("source"))
+        df = df.select(
+            pl.col("entity_kind").cast(pl.Utf8),
+            pl.col("entity_id").cast(pl.Utf8),
+            pl.col("label").cast(pl.Int32),
+            pl.col("scenario").cast(pl.Utf8).fill_null(""),
+            _as_datetime(df, "labeled_at"),
+            pl.col("source").cast(pl.Utf8).fill_null("ingest"),
+        )
+        conflict = (
+            "ON CONFLICT DO UPDATE SET label = excluded.label, labeled_at = excluded.labeled_at, "
+            "source = excluded.source" if replace else "ON CONFLICT DO NOTHING"
+        )
+        with self._lock:
+            self.con.register("_labels", df.to_arrow())
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                before = self._count("labels")
+                self.con.execute(
+                    f"INSERT INTO labels SELECT DISTINCT ON (entity_kind, entity_id, scenario) * FROM _labels {conflict}"
+                )
+                added = self._count("labels") - before
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            finally:
+                self.con.unregister("_labels")
+        return added if not replace else df.height
+
+    def append_decisions(self, decisions: pl.DataFrame | Sequence[dict[str, Any]]) -> int:
+        """Insert decisions not already present (by ``event_id``)."""
+        df = decisions if isinstance(decisions, pl.DataFrame) else pl.DataFrame(list(decisions), infer_schema_length=None)
+        if df.height == 0:
+            return 0
+        cols = [c for c in ("event_id", "decided_at", "score", "probability", "risk_level", "action", "reasons",
+                            "rule_hits", "model_version", "latency_ms") if c in df.columns]
+        with self._lock:
+            self.con.register("_decisions", df.select(cols).to_arrow())
+            try:
+                before = self._count("decisions")
+                self.con.execute(
+                    f"INSERT INTO decisions ({', '.join(cols)}) SELECT DISTINCT ON (event_id) {', '.join(cols)} "
+                    "FROM _decisions ON CONFLICT DO NOTHING"
+                )
+                return self._count("decisions") - before
+            finally:
+                self.con.unregister("_decisions")
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run read-only SQL against the store and return a Polars frame."""
+        with self._lock:
+            rel = self.con.sql(sql, params=list(params) if params else None)
+            table = rel.to_arrow_table() if rel is not None else pa.table({})
+        out = pl.from_arrow(table)
+        assert isinstance(out, pl.DataFrame)
+        return out
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        with self._lock:
+            self.con.execute(sql, params or [])
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Iterable[str] | None = None,
+        user_ids: Iterable[str] | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> pl.DataFrame:
+        """Events in time order, optionally filtered; ``until`` is exclusive."""
+        where, params = [], []  # type: ignore[var-annotated]
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        if types is not None:
+            types = list(types)
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        if user_ids is not None:
+            ids = list(user_ids)
+            where.append(f"user_id IN ({', '.join('?' * len(ids))})")
+            params.extend(ids)
+        cols = ", ".join(columns) if columns else ", ".join(COLUMN_NAMES)
+        sql = f"SELECT {cols} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, event_id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, params)
+
+    def labels(self, *, known_before: datetime | None = None, entity_kind: str | None = None) -> pl.DataFrame:
+        """Labels, optionally only those known (``labeled_at``) before a moment."""
+        where, params = [], []  # type: ignore[var-annotated]
+        if known_before is not None:
+            where.append("labeled_at < ?")
+            params.append(known_before)
+        if entity_kind is not None:
+            where.append("entity_kind = ?")
+            params.append(entity_kind)
+        sql = "SELECT * FROM labels" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.query(sql + " ORDER BY labeled_at, entity_kind, entity_id", params)
+
+    def decision(self, event_id: str) -> dict[str, Any] | None:
+        df = self.query("SELECT * FROM decisions WHERE event_id = ?", [event_id])
+        return df.row(0, named=True) if df.height else None
+
+    def count_events(self) -> int:
+        return self._count("events")
+
+    def _count(self, table: str) -> int:
+        row = _first(self.con.execute(f"SELECT count(*) FROM {table}"))
+        return int(row[0]) if row else 0
+
+    def time_range(self) -> tuple[datetime | None, datetime | None]:
+        row = _first(self.con.execute("SELECT min(ts), max(ts) FROM events"))
+        return (row[0], row[1]) if row else (None, None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per event type and per labelled scenario, and the time span covered."""
+        with self._lock:
+            by_type = dict(self.con.execute("SELECT type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            by_scenario = [
+                {"entity_kind": k, "scenario": s or "(none)", "positive": int(p), "negative": int(n)}
+                for k, s, p, n in self.con.execute(
+                    "SELECT entity_kind, scenario, count(*) FILTER (label = 1), count(*) FILTER (label = 0) "
+                    "FROM labels GROUP BY 1, 2 ORDER BY 1, 2"
+                ).fetchall()
+            ]
+            first, last = self.time_range()
+            users = self.con.execute("SELECT count(DISTINCT user_id) FROM events").fetchall()[0][0]
+        return {
+            "db": self.path,
+            "schema_version": self.schema_version(),
+            "events": sum(by_type.values()),
+            "users": int(users),
+            "first_event": first.isoformat() if first else None,
+            "last_event": last.isoformat() if last else None,
+            "events_by_type": by_type,
+            "labels": self._count("labels"),
+            "labels_by_scenario": by_scenario,
+            "decisions": self._count("decisions"),
+        }
+
+
+def _events_to_arrow(events: pl.DataFrame | pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
+    """Conform any frame or list of records to the store's column order and types."""
+    if isinstance(events, pa.Table):
+        df = pl.from_arrow(events)
+    elif isinstance(events, pl.DataFrame):
+        df = events
+    else:
+        rows = list(events)
+        if not rows:
+            return EVENT_ARROW_SCHEMA.empty_table()
+        df = pl.DataFrame(rows, infer_schema_length=None)
+    assert isinstance(df, pl.DataFrame)
+    exprs = []
+    for c in COLUMNS:
+        dtype = {"str": pl.Utf8, "float": pl.Float64, "int": pl.Int32, "ts": pl.Datetime("us"), "json": pl.Utf8}[c.kind]
+        if c.name not in df.columns:
+            exprs.append(pl.lit(None, dtype=dtype).alias(c.name))
+            continue
+        col = pl.col(c.name)
+        src = df.schema[c.name]
+        if c.kind == "json" and src != pl.Utf8:
+            col = col.map_elements(_json_dumps, return_dtype=pl.Utf8)
+        elif c.kind == "ts":
+            exprs.append(_as_datetime(df, c.name).alias(c.name))
+            continue
+        exprs.append(col.cast(dtype).alias(c.name))
+    out = df.select(exprs)
+    if out["event_id"].null_count():
+        raise DataError("every event needs an event_id before it is stored", field="event_id")
+    return out.to_arrow().cast(EVENT_ARROW_SCHEMA)
+
+
+def _as_datetime(df: pl.DataFrame, name: str) -> pl.Expr:
+    """A timestamp column from datetimes or ISO strings (Polars 2 no longer casts text to time)."""
+    dtype = df.schema[name]
+    if dtype == pl.Utf8:
+        return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        return pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.cast_time_unit("us")
+    return pl.col(name).cast(pl.Datetime("us"))
+
+
+def _json_dumps(v: Any) -> str | None:
+    import orjson
+
+    if v is None:
+        return None
+    return orjson.dumps(v, default=str).decode()
+
+
+def _first(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """First row of the pending result, consuming the rest (DuckDB 2 refuses new work otherwise)."""
+    rows = con.fetchall()
+    return rows[0] if rows else None
+
+
+def open_store(path: str | Path, *, read_only: bool = False) -> EventStore:
+    return EventStore(path, read_only=read_only)

@@ -1,0 +1,54 @@
+"""Schema migrations of the store, applied in order and recorded in ``schema_migrations``.
+
+Never edit a released migration: append a new one. Each is idempotent SQL.
+"""
+
+from __future__ import annotations
+
+from shopguard.events.schema import COLUMNS
+
+
+def _events_table() -> str:
+    cols = ",\n  ".join(
+        f"{c.name} {c.sql_type}" + (" PRIMARY KEY" if c.name == "event_id" else "")
+        + (" NOT NULL" if c.name in ("ts", "type") else "")
+        for c in COLUMNS
+    )
+    return f"CREATE TABLE IF NOT EXISTS events (\n  {cols},\n  ingested_at TIMESTAMP DEFAULT current_timestamp\n)"
+
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "events, labels, decisions",
+        [
+            _events_table(),
+            # One label per (entity, scenario). labeled_at is when the label became known: features and
+            # evaluation only use labels known before the moment they look at (label delay).
+            """CREATE TABLE IF NOT EXISTS labels (
+                entity_kind VARCHAR NOT NULL,
+                entity_id VARCHAR NOT NULL,
+                label INTEGER NOT NULL,
+                scenario VARCHAR NOT NULL DEFAULT '',
+                labeled_at TIMESTAMP NOT NULL,
+                source VARCHAR NOT NULL DEFAULT 'ingest',
+                PRIMARY KEY (entity_kind, entity_id, scenario)
+            )""",
+            """CREATE TABLE IF NOT EXISTS decisions (
+                event_id VARCHAR PRIMARY KEY,
+                decided_at TIMESTAMP NOT NULL,
+                score DOUBLE,
+                probability DOUBLE,
+                risk_level VARCHAR,
+                action VARCHAR,
+                reasons JSON,
+                rule_hits JSON,
+                model_version VARCHAR,
+                latency_ms DOUBLE
+            )""",
+            "CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts)",
+        ],
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
