@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/shopguard demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/handbook.py --json out/handbook.json

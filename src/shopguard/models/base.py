@@ -39,8 +39,8 @@ class Detector(ABC):
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind == p.POSITIONAL_OR_KEYWORD
-                or sig.parameters[p].kind == p.KEYWORD_ONLY]
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind in kinds]
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._param_names() if k != "self"}

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from shopguard.errors import DataError, ShopguardError
-from shopguard.events.schema import COLUMN_NAMES, COLUMNS
+from shopguard.events.schema import COLUMN_NAMES, COLUMNS, to_utc_naive
 from shopguard.store.migrations import LATEST_VERSION, MIGRATIONS
 
 LABEL_COLUMNS = ("entity_kind", "entity_id", "label", "scenario", "labeled_at", "source")
@@ -32,6 +32,17 @@ def _arrow_schema() -> pa.Schema:
 
 
 EVENT_ARROW_SCHEMA = _arrow_schema()
+# Rows the decision service writes with each event (append_decided).
+_SERVICE_SCHEMAS = {
+    "decisions": pa.schema([("event_id", pa.string()), ("decided_at", pa.timestamp("us")), ("score", pa.float64()),
+                            ("probability", pa.float64()), ("risk_level", pa.string()), ("action", pa.string()),
+                            ("reasons", pa.string()), ("rule_hits", pa.string()), ("model_version", pa.string()),
+                            ("latency_ms", pa.float64())]),
+    "cases": pa.schema([("case_id", pa.string()), ("event_id", pa.string()), ("user_id", pa.string()),
+                        ("opened_at", pa.timestamp("us")), ("status", pa.string()), ("risk_level", pa.string()),
+                        ("action", pa.string()), ("score", pa.float64()), ("scenario", pa.string()),
+                        ("reasons", pa.string()), ("rule_hits", pa.string())]),
+}
 
 
 class EventStore:
@@ -119,7 +130,14 @@ class EventStore:
 
     def append_labels(self, labels: pl.DataFrame | Sequence[dict[str, Any]], *, replace: bool = False) -> int:
         """Insert labels; an existing (entity_kind, entity_id, scenario) is kept unless ``replace``."""
-        df = labels if isinstance(labels, pl.DataFrame) else pl.DataFrame(list(labels), infer_schema_length=None)
+        if isinstance(labels, pl.DataFrame):
+            df = labels
+        else:
+            rows = [dict(r) for r in labels]
+            for r in rows:  # records may mix datetimes and ISO strings
+                if r.get("labeled_at") is not None:
+                    r["labeled_at"] = to_utc_naive(r["labeled_at"], "labeled_at")
+            df = pl.DataFrame(rows, infer_schema_length=None)
         if df.height == 0:
             return 0
         missing = {"entity_kind", "entity_id", "label", "labeled_at"} - set(df.columns)
@@ -176,6 +194,57 @@ class EventStore:
                 return self._count("decisions") - before
             finally:
                 self.con.unregister("_decisions")
+
+    def append_decided(
+        self,
+        events: pl.DataFrame | pa.Table | Sequence[dict[str, Any]],
+        decisions: Sequence[dict[str, Any]],
+        cases: Sequence[dict[str, Any]] = (),
+    ) -> int:
+        """Store events with their decisions (and any review cases) in ONE transaction (service path).
+
+        All or nothing, so after a crash an event is never stored without the decision the caller was
+        answered with. Idempotent like the other appends; returns how many events were new.
+        """
+        table = _events_to_arrow(events)
+        if table.num_rows == 0:
+            return 0
+        dec_cols = ("event_id", "decided_at", "score", "probability", "risk_level", "action", "reasons",
+                    "rule_hits", "model_version", "latency_ms")
+        case_cols = ("case_id", "event_id", "user_id", "opened_at", "status", "risk_level", "action", "score",
+                     "scenario", "reasons", "rule_hits")
+        cols = ", ".join(COLUMN_NAMES)
+        with self._lock:
+            self.con.register("_incoming", table)
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                before = self._count("events")
+                self.con.execute(
+                    f"INSERT INTO events ({cols}) SELECT DISTINCT ON (event_id) {cols} FROM _incoming "
+                    "ON CONFLICT DO NOTHING"
+                )
+                added = self._count("events") - before
+                # Arrow tables, not executemany: DuckDB inserts row-by-row parameters very slowly.
+                for name, rows, names in (("decisions", decisions, dec_cols), ("cases", cases, case_cols)):
+                    if not rows:
+                        continue
+                    tbl = pa.Table.from_pylist([{c: r.get(c) for c in names} for r in rows],
+                                               schema=_SERVICE_SCHEMAS[name])
+                    self.con.register("_rows", tbl)
+                    try:
+                        self.con.execute(
+                            f"INSERT INTO {name} ({', '.join(names)}) SELECT {', '.join(names)} FROM _rows "
+                            "ON CONFLICT DO NOTHING"
+                        )
+                    finally:
+                        self.con.unregister("_rows")
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            finally:
+                self.con.unregister("_incoming")
+        return added
 
     # -- reading ---------------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:

@@ -52,3 +52,40 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+# Migration 2 (service): API keys (only a hash of each key is kept), the review queue of cases.
+MIGRATIONS.append(
+    (
+        2,
+        "api_keys, cases",
+        [
+            """CREATE TABLE IF NOT EXISTS api_keys (
+                key_id VARCHAR PRIMARY KEY,
+                key_hash VARCHAR NOT NULL,
+                scopes VARCHAR NOT NULL,
+                name VARCHAR NOT NULL DEFAULT '',
+                created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+                revoked_at TIMESTAMP
+            )""",
+            """CREATE TABLE IF NOT EXISTS cases (
+                case_id VARCHAR PRIMARY KEY,
+                event_id VARCHAR NOT NULL,
+                user_id VARCHAR,
+                opened_at TIMESTAMP NOT NULL,
+                status VARCHAR NOT NULL DEFAULT 'open',
+                risk_level VARCHAR,
+                action VARCHAR,
+                score DOUBLE,
+                scenario VARCHAR,
+                reasons JSON,
+                rule_hits JSON,
+                resolved_at TIMESTAMP,
+                resolution_label INTEGER,
+                resolved_by VARCHAR,
+                note VARCHAR
+            )""",
+            "CREATE INDEX IF NOT EXISTS cases_status ON cases (status, opened_at)",
+        ],
+    )
+)
+LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,375 @@
+"""Behaviour foundation model benchmark: simulator + Fraud Detection Handbook, one table.
+
+Rows per dataset (time split: train window, label-delay gap, test window; metrics on the test window):
+
+- ``lightgbm``: LightGBM on the engineered point-in-time features (the baseline of the ratios);
+- ``seq_full``: tiny transformer pretrained on the unlabeled events before the test window, fully
+  fine-tuned; ``seq_lora`` / ``seq_frozen_head``: LoRA and frozen encoder + head (trainable
+  parameters and training time in the table);
+- ``hybrid``: LightGBM on the features + the fine-tuned sequence embeddings;
+- ``frozen_emb_lgbm``: LightGBM on the *pretrained* (not fine-tuned) embeddings alone;
+- ``surprise`` vs ``iforest``: unsupervised; NLL of the event given its history vs Isolation Forest
+  on the features;
+- label efficiency: ``*_labels{1,5,20}pct`` for the pretrained model, a randomly initialised one
+  (``scratch``) and LightGBM;
+- ``latency``: ONNX int8 incremental scoring of one event with a 64-event cached history, one core.
+
+CPU budget (a shared 2-core machine): a tiny model (d=64, 2 layers, 32-event windows), 2 pretraining
+epochs over capped windows, negatives of the fine-tuning set subsampled (all positives kept),
+Handbook customers subsampled. Published figures (Handbook ch. 3) are printed beside ours.
+
+    nice -n 10 .venv/bin/python benchmarks/foundation.py --json reports/foundation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from shopguard.evaluation.metrics import summary
+from shopguard.evaluation.splits import known_fraud_entities, remove_known_entities
+from shopguard.features.batch import compute_features
+from shopguard.features.targets import event_targets
+from shopguard.models.gbm import LightGBMDetector
+from shopguard.models.sequence.config import FinetuneConfig, PretrainConfig, preset
+from shopguard.models.sequence.detectors import BEHAVIOUR_FIELDS, sequence_embeddings
+from shopguard.models.sequence.export import IncrementalScorer, export_onnx
+from shopguard.models.sequence.finetune import FineTunedModel, finetune
+from shopguard.models.sequence.network import FoundationModel
+from shopguard.models.sequence.pretrain import pretrain
+from shopguard.models.sequence.tokenizer import EventTokenizer
+from shopguard.models.unsupervised import IsolationForestDetector
+from shopguard.store import EventStore
+
+REPO = Path(__file__).resolve().parents[1]
+HANDBOOK = REPO.parent / "shared" / "data" / "card_transactions_handbook" / "transactions.parquet"
+SEQ_SCENARIOS = ("account_takeover", "card_testing", "bot_ordering")
+SIM_TYPES = ("signup", "login", "add_to_cart", "order", "pay", "password_change", "address_change")
+PUBLISHED = [  # Handbook ch. 3, same protocol (train 7 d from 2018-07-25, 7-d delay, test 7 d)
+    ("handbook", "published: logistic regression", 0.871, 0.606),
+    ("handbook", "published: random forest", 0.867, 0.658),
+    ("handbook", "published: XGBoost", 0.862, 0.639),
+]
+console = Console()
+
+
+@dataclass
+class Data:
+    name: str
+    store: EventStore
+    events: pl.DataFrame  # all events up to test end (histories)
+    train: pl.DataFrame  # features + label, train window
+    test: pl.DataFrame  # features + label, test window
+    test_start: datetime
+
+
+def log(msg: str) -> None:
+    console.log(msg)
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _features_and_labels(store: EventStore, name: str, since: datetime, train_end: datetime, test_start: datetime,
+                         test_end: datetime, types: tuple[str, ...] | None, scenarios: tuple[str, ...] | None,
+                         remove_known: bool) -> Data:
+    log(f"[{name}] features")
+    feats = compute_features(store, since=since, until=test_end, types=types)
+    train = feats.filter(pl.col("ts") < train_end)
+    test = feats.filter(pl.col("ts") >= test_start)
+    tl = event_targets(store, train["event_id"].to_list(), known_before=test_start)
+    te = event_targets(store, test["event_id"].to_list())
+    train = train.with_columns(label=tl["label"], scenario=tl["scenario"])
+    test = test.with_columns(label=te["label"], scenario=te["scenario"])
+    if scenarios is not None:
+        # Positives of other scenarios are neither positives nor negatives for this benchmark.
+        keep = (pl.col("label") == 0) | pl.col("scenario").is_in(list(scenarios))
+        train, test = train.filter(keep), test.filter(keep)
+    if remove_known:
+        ev = store.events(until=test_end, columns=["event_id", "user_id"])
+        known = known_fraud_entities(store.labels(), ev)
+        test = remove_known_entities(test, known)
+    events = store.events(until=test_end)
+    log(f"[{name}] {events.height:,} events; train {train.height:,} targets ({int(train['label'].sum())} pos), "
+        f"test {test.height:,} ({int(test['label'].sum())} pos)")
+    return Data(name, store, events, train, test, test_start)
+
+
+def simulator_data(tmp: Path, users: int, days: int, seed: int) -> Data:
+    from shopguard.events.simulate import SimulationConfig, simulate_shop
+
+    log(f"[simulator] simulating {users} users x {days} days")
+    shop = simulate_shop(SimulationConfig(users=users, days=days, seed=seed))
+    store = EventStore(tmp / "sim.duckdb")
+    shop.to_store(store)
+    first, last = store.time_range()
+    assert first is not None and last is not None
+    test_end = last + timedelta(seconds=1)
+    test_start = test_end - timedelta(days=7)
+    train_end = test_start - timedelta(days=3)
+    return _features_and_labels(store, "simulator", first, train_end, test_start, test_end, SIM_TYPES,
+                                SEQ_SCENARIOS, remove_known=False)
+
+
+def handbook_data(tmp: Path, path: Path, users_frac: float, seed: int) -> Data:
+    log(f"[handbook] loading {path} ({users_frac:.0%} of customers)")
+    history_start, train_start = datetime(2018, 7, 1), datetime(2018, 7, 25)
+    train_end, test_start, test_end = datetime(2018, 8, 1), datetime(2018, 8, 8), datetime(2018, 8, 15)
+    raw = pl.read_parquet(path).filter((pl.col("TX_DATETIME") >= history_start) & (pl.col("TX_DATETIME") < test_end))
+    customers = raw["CUSTOMER_ID"].unique().sort()
+    rng = np.random.default_rng(seed)
+    keep = customers.to_numpy()[rng.random(len(customers)) < users_frac]
+    raw = raw.filter(pl.col("CUSTOMER_ID").is_in(keep.tolist()))
+    events = raw.select(
+        pl.col("TRANSACTION_ID").cast(pl.Utf8).alias("event_id"), pl.col("TX_DATETIME").alias("ts"),
+        pl.lit("pay").alias("type"), pl.col("CUSTOMER_ID").cast(pl.Utf8).alias("user_id"),
+        pl.col("TERMINAL_ID").cast(pl.Utf8).alias("merchant_id"), pl.col("TX_AMOUNT").cast(pl.Float64).alias("amount"),
+        pl.lit("success").alias("status"),
+    )
+    # TX_FRAUD is a label: it goes to the labels table (known when it happened), never into events.
+    labels = raw.filter(pl.col("TX_FRAUD") == 1).select(
+        pl.lit("event").alias("entity_kind"), pl.col("TRANSACTION_ID").cast(pl.Utf8).alias("entity_id"),
+        pl.lit(1).alias("label"), pl.col("TX_FRAUD_SCENARIO").cast(pl.Utf8).alias("scenario"),
+        pl.col("TX_DATETIME").alias("labeled_at"))
+    store = EventStore(tmp / "handbook.duckdb")
+    store.append_events(events)
+    store.append_labels(labels)
+    return _features_and_labels(store, "handbook", train_start, train_end, test_start, test_end, None, None,
+                                remove_known=True)
+
+
+# -- models ------------------------------------------------------------------------------------------
+def metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    m = summary(y, s)
+    return {k: float(m[k]) for k in ("roc_auc", "average_precision", "recall_at_1pct_fpr")}
+
+
+def subsample(frame: pl.DataFrame, max_neg: int, seed: int) -> pl.DataFrame:
+    pos = frame.filter(pl.col("label") == 1)
+    neg = frame.filter(pl.col("label") == 0)
+    if neg.height > max_neg:
+        neg = neg.sample(max_neg, seed=seed)
+    return pl.concat([pos, neg]).sort("ts")
+
+
+def label_fraction(frame: pl.DataFrame, frac: float, seed: int) -> pl.DataFrame:
+    return frame if frac >= 1 else frame.sample(fraction=frac, seed=seed).sort("ts")
+
+
+def feature_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.drop("label", "scenario")
+
+
+def run_dataset(d: Data, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    y_train, y_test = d.train["label"].to_numpy(), d.test["label"].to_numpy()
+    test_ids = d.test["event_id"].to_list()
+
+    def add(model: str, scores: np.ndarray, **extra: Any) -> None:
+        row = {"dataset": d.name, "model": model, **metrics(y_test, scores), **extra}
+        rows.append(row)
+        log(f"[{d.name}] {model}: AP {row['average_precision']:.3f} ROC-AUC {row['roc_auc']:.3f} "
+            f"R@1%FPR {row['recall_at_1pct_fpr']:.3f}")
+
+    # Engineered features.
+    t0 = time.perf_counter()
+    lgbm = LightGBMDetector(n_jobs=args.threads).fit(feature_frame(d.train), y_train)
+    add("lightgbm", lgbm.score(feature_frame(d.test)), train_s=time.perf_counter() - t0, labels_frac=1.0)
+    ifo = IsolationForestDetector(n_jobs=args.threads).fit(feature_frame(d.train))
+    add("iforest", ifo.score(feature_frame(d.test)))
+
+    # Pretraining on unlabeled events before the test window.
+    net = preset("tiny", max_len=args.max_len, tokenizer={"merchant_buckets": args.buckets, "item_buckets": args.buckets})
+    pre_events = d.events.filter(pl.col("ts") < d.test_start)
+    t0 = time.perf_counter()
+    pre = pretrain(pre_events, network=net, config=PretrainConfig(
+        epochs=args.pretrain_epochs, batch_size=64, max_sequences=args.max_windows, seed=args.seed)).model
+    pre_s = time.perf_counter() - t0
+    hist = pre.metadata["history"]
+    log(f"[{d.name}] pretrained {pre.n_parameters():,} params in {pre_s:.0f}s, loss {hist[0]['loss']:.3f} -> "
+        f"{hist[-1]['loss']:.3f}, {hist[-1]['events_per_s']:,.0f} events/s")
+    rows.append({"dataset": d.name, "model": "pretraining (tiny, CPU)", "train_s": pre_s,
+                 "events_per_s": hist[-1]["events_per_s"], "trainable_params": pre.n_parameters()})
+    test_batch = pre.build(d.events, test_ids)
+    add("surprise (all fields)", pre.surprise(test_batch), train_s=pre_s)
+    add("surprise (behaviour fields)", pre.surprise(test_batch, fields=BEHAVIOUR_FIELDS))
+
+    # Frozen pretrained embeddings alone, LightGBM on top.
+    emb_all = sequence_embeddings(pre, d.events, d.train["event_id"].to_list() + test_ids)
+    e_tr = d.train.select("event_id", "ts").join(emb_all.unique("event_id"), on="event_id", how="left")
+    e_te = d.test.select("event_id", "ts").join(emb_all.unique("event_id"), on="event_id", how="left")
+    cols = [c for c in e_tr.columns if c.startswith("seq_emb_")]
+    t0 = time.perf_counter()
+    fz = LightGBMDetector(n_jobs=args.threads, features=cols).fit(e_tr, y_train)
+    add("frozen_emb_lgbm", fz.score(e_te), train_s=time.perf_counter() - t0)
+
+    # Fine-tuning (negatives subsampled) with and without pretraining, at several label fractions.
+    pool = subsample(d.train, args.max_neg, args.seed)
+    scratch = FoundationModel(pre.config, pre.tokenizer)  # same tokenizer, random weights
+
+    def ft(base: FoundationModel, frame: pl.DataFrame, method: str, epochs: int) -> tuple[FineTunedModel, dict]:
+        batch = base.build(d.events, frame["event_id"].to_list())
+        lr = 1e-2 if method != "full" else 3e-3
+        res = finetune(base, batch, frame["label"].to_numpy(), config=FinetuneConfig(
+            method=method, epochs=epochs, lr=lr, encoder_lr=1e-3, patience=3, seed=args.seed))  # type: ignore[arg-type]
+        return res.model, {"trainable_params": res.trainable_params, "train_s": res.seconds}
+
+    full_model = None
+    for method in ("full", "lora", "frozen"):
+        epochs = args.finetune_epochs * (3 if method == "frozen" else 1)
+        model, info = ft(pre, pool, method, epochs)
+        add(f"seq_{method}" + ("_head" if method == "frozen" else ""), model.predict_proba(test_batch),
+            labels_frac=1.0, **info)
+        if method == "full":
+            full_model = model
+    assert full_model is not None
+    for frac in args.fractions:
+        part = label_fraction(pool, frac, args.seed)
+        lg_part = label_fraction(d.train, frac, args.seed)
+        tag = f"labels{frac * 100:g}pct"
+        for name, base in (("seq_full", pre), ("scratch", scratch)):
+            if frac >= 1 and name == "seq_full":
+                continue
+            if part["label"].sum() < 2:
+                log(f"[{d.name}] {name} {tag}: fewer than 2 positives, skipped")
+                continue
+            try:
+                model, info = ft(base, part, "full", args.finetune_epochs)
+            except Exception as exc:  # e.g. no positive left in the training part of the time split
+                log(f"[{d.name}] {name} {tag}: {exc}")
+                continue
+            add(f"{name}_{tag}", model.predict_proba(test_batch), labels_frac=frac, **info)
+        if frac < 1 and lg_part["label"].sum() >= 2:
+            det = LightGBMDetector(n_jobs=args.threads).fit(feature_frame(lg_part), lg_part["label"].to_numpy())
+            add(f"lightgbm_{tag}", det.score(feature_frame(d.test)), labels_frac=frac)
+
+    # Hybrid: engineered features + fine-tuned embeddings.
+    emb_ft = sequence_embeddings(full_model, d.events, d.train["event_id"].to_list() + test_ids).unique("event_id")
+    h_tr = feature_frame(d.train).join(emb_ft, on="event_id", how="left")
+    h_te = feature_frame(d.test).join(emb_ft, on="event_id", how="left")
+    t0 = time.perf_counter()
+    hy = LightGBMDetector(n_jobs=args.threads).fit(h_tr, y_train)
+    add("hybrid", hy.score(h_te), train_s=time.perf_counter() - t0, labels_frac=1.0)
+
+    base_ap = rows[0]["average_precision"]
+    for r in rows:
+        if "average_precision" in r:
+            r["ap_vs_lightgbm"] = r["average_precision"] / base_ap if base_ap else float("nan")
+    return rows
+
+
+def latency(events: pl.DataFrame, n: int, tmp: Path) -> dict[str, Any]:
+    """Median / p99 latency of int8 ONNX incremental scoring, one thread, 64-event cached history.
+
+    Latency depends on the architecture, not the weights: a tiny (max_len 64) classifier is exported.
+    """
+    from shopguard.models.sequence.finetune import ClassifierHead
+
+    cfg = preset("tiny", max_len=64)
+    tok = EventTokenizer(cfg.tokenizer).fit(events)
+    base = FoundationModel(cfg, tok)
+    model = FineTunedModel(base, ClassifierHead(cfg.d_model, 0.1).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(model, tmp / "onnx")
+    inc = IncrementalScorer(tmp / "onnx", int8=True, threads=1)
+    by_user = events.sort(["ts", "event_id"]).group_by("user_id", maintain_order=True).agg(pl.len().alias("n"))
+    users = by_user.filter(pl.col("n") >= 65)["user_id"].to_list()[:50]
+    recs = events.filter(pl.col("user_id").is_in(users)).sort(["ts", "event_id"])
+    counts: dict[str, int] = {}
+    times = []
+    for rec in recs.iter_rows(named=True):
+        c = counts.get(rec["user_id"], 0)
+        counts[rec["user_id"]] = c + 1
+        if c < 64:
+            inc.learn_one(rec)  # fill the cache: 64 events of history first
+            continue
+        t0 = time.perf_counter()
+        inc.score_one(rec)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= n:
+            break
+    ms = np.asarray(times) * 1000
+    return {"dataset": "simulator", "model": "onnx_int8_incremental (64-event history, 1 thread)",
+            "p50_ms": float(np.median(ms)) if ms.size else float("nan"),
+            "p99_ms": float(np.percentile(ms, 99)) if ms.size else float("nan"),
+            "events_per_s": float(1000 / np.mean(ms)) if ms.size else float("nan"), "events": int(ms.size)}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    t = Table(title="Behaviour foundation model (tiny, CPU) vs engineered features; test windows by time")
+    for c in ("dataset", "model", "ROC-AUC", "AP", "AP / LightGBM", "R@1%FPR", "labels", "trainable", "train s",
+              "p50 ms", "events/s"):
+        t.add_column(c, justify="left" if c in ("dataset", "model") else "right")
+
+    def f(v: Any, fmt: str = "{:.3f}") -> str:
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+    for r in rows:
+        t.add_row(r["dataset"], r["model"], f(r.get("roc_auc")), f(r.get("average_precision")),
+                  f(r.get("ap_vs_lightgbm"), "{:.2f}x"), f(r.get("recall_at_1pct_fpr")),
+                  f(r.get("labels_frac"), "{:.0%}"), f(r.get("trainable_params"), "{:,}"), f(r.get("train_s"), "{:.0f}"),
+                  f(r.get("p50_ms"), "{:.2f}"), f(r.get("events_per_s"), "{:,.0f}"))
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--handbook", type=Path, default=HANDBOOK, help="Handbook transactions.parquet")
+    p.add_argument("--skip-handbook", action="store_true")
+    p.add_argument("--skip-simulator", action="store_true")
+    p.add_argument("--sim-users", type=int, default=1500)
+    p.add_argument("--sim-days", type=int, default=28)
+    p.add_argument("--hb-users-frac", type=float, default=0.5, help="Share of Handbook customers kept (CPU budget).")
+    p.add_argument("--max-len", type=int, default=32)
+    p.add_argument("--buckets", type=int, default=256, help="Hash buckets for merchant / item ids.")
+    p.add_argument("--pretrain-epochs", type=int, default=2)
+    p.add_argument("--max-windows", type=int, default=8000, help="Pretraining windows per epoch (cap).")
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--max-neg", type=int, default=5000, help="Negatives kept for fine-tuning (all positives kept).")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2, 1.0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--latency-events", type=int, default=2000)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        if not args.skip_simulator:
+            d = simulator_data(tmp, args.sim_users, args.sim_days, args.seed)
+            rows += run_dataset(d, args)
+            rows.append(latency(d.events, args.latency_events, tmp))
+            d.store.close()
+        if not args.skip_handbook:
+            if not args.handbook.exists():
+                log(f"Handbook data not found at {args.handbook}: skipped")
+            else:
+                d = handbook_data(tmp, args.handbook, args.hb_users_frac, args.seed)
+                rows += run_dataset(d, args)
+                rows += [{"dataset": ds, "model": m, "roc_auc": a, "average_precision": ap} for ds, m, a, ap in PUBLISHED]
+                d.store.close()
+    print_table(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "config": {k: str(v) for k, v in vars(args).items()}},
+                                        indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The FastAPI application: ``create_app(settings)`` wires the store, engine, auth, limits and routes.
+
+The service owns its DuckDB store (DuckDB allows one writing process): run one process per store.
+All writes go through the engine's single writer thread or the store's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shopguard import __version__
+from shopguard.api.deps import KeyRing, RateLimiter
+from shopguard.api.metrics import ServiceMetrics
+from shopguard.api.routes import admin, cases, decisions, events, health, labels, metrics, users
+from shopguard.api.scoring import DecisionEngine, ModelSlot
+from shopguard.api.settings import ServiceSettings
+from shopguard.decision.cases import WebhookDispatcher
+from shopguard.decision.rules import ReloadingRules
+from shopguard.errors import ShopguardError
+from shopguard.store import EventStore
+
+log = logging.getLogger("shopguard.service")
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with 413, by header and while streaming (pure ASGI, cheap)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                try:
+                    n = int(v)
+                except ValueError:
+                    n = 0
+                if n > self.limit:
+                    await self._too_large(send)
+                    return
+        seen = 0
+        limit = self.limit
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        body = orjson.dumps({"error": "PayloadTooLarge", "message": f"request body over {self.limit} bytes",
+                             "field": "body"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _one_thread_per_decision() -> None:
+    """Single-row scoring is fastest on one thread: OpenMP teams (LightGBM) cost more than they save."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # threadpoolctl ships with scikit-learn; without it we only lose speed
+        pass
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The decision service for ``settings`` (store, model, rules, limits)."""
+    settings = settings or ServiceSettings()
+    metrics_ = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _one_thread_per_decision()
+        store = EventStore(settings.db)
+        try:
+            rules = ReloadingRules(settings.rules, check_every=settings.watch_every_s)
+            slot = ModelSlot(settings.model, on_change=lambda m: metrics_.set_model(None if m is None else m.version))
+            slot.load_initial()
+            if slot.model is None:
+                metrics_.set_model(None)
+            pseudo = None
+            if settings.pseudonym_key:
+                from shopguard.events.privacy import Pseudonymiser
+
+                pseudo = Pseudonymiser(settings.pseudonym_key)
+            hooks = WebhookDispatcher(settings.webhooks, on_result=metrics_.webhook_result)
+            sequence = None
+            if settings.sequence_model is not None:
+                from shopguard.models.sequence.export import IncrementalScorer
+
+                sequence = IncrementalScorer(settings.sequence_model)
+            engine = DecisionEngine(store, rules=rules, model=slot, pseudonymiser=pseudo,
+                                    case_risk_level=settings.case_risk_level, webhooks=hooks,
+                                    writer_max_batch=settings.writer_max_batch, metrics=metrics_,
+                                    journal=Path(f"{settings.db}.journal") if settings.journal else None,
+                                    journal_fsync=settings.journal_fsync,
+                                    sequence=sequence)
+            engine.start(rebuild_features=settings.rebuild_features)
+        except Exception:
+            store.close()
+            raise
+        app.state.store = store
+        app.state.engine = engine
+        app.state.keys = KeyRing(store)
+        app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        stop = threading.Event()
+
+        def watch() -> None:
+            # Rule file and model registry are checked off the request path; swaps are one assignment.
+            while not stop.wait(settings.watch_every_s):
+                try:
+                    rules.current()
+                    slot.check()
+                except Exception:  # the watcher must never die
+                    log.exception("watcher failed")
+
+        watcher = threading.Thread(target=watch, name="shopguard-watcher", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(5)
+            engine.stop()
+            store.close()
+
+    app = FastAPI(title="shopguard decision service", version=__version__, lifespan=lifespan,
+                  description="Send every shop event; get an explained decision back, stored before the answer.")
+    app.state.settings = settings
+    app.state.metrics = metrics_
+    for r in (events, decisions, labels, users, cases, health, metrics, admin):
+        app.include_router(r.router)
+
+    @app.exception_handler(ShopguardError)
+    async def _shopguard_error(request: Request, exc: ShopguardError) -> Response:
+        metrics_.error(type(exc).__name__)
+        headers = {"Retry-After": str(max(1, int(float(exc.value or 1))))} if exc.status_code == 429 else None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return _json(exc.status_code, exc.to_dict(), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        metrics_.error("RequestValidationError")
+        err = exc.errors()[0] if exc.errors() else {}
+        fld = _field_of(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        value = err.get("input")
+        body = {"error": "ValidationFailed", "message": f"{fld}: {msg} (got {value!r})"[:500], "field": fld}
+        if value is not None:
+            body["value"] = repr(value)[:200]
+        return _json(422, body)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _json(exc.status_code, {"error": "HTTPError", "message": str(exc.detail)})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Never expected: counted and logged; the client gets a plain 500 without internals.
+        metrics_.error("unexpected")
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _json(500, {"error": "InternalError", "message": "unexpected error; see the service log"})
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics_.request_latency.labels(path, request.method, str(response.status_code)).observe(
+            time.perf_counter() - t0)
+        return response
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, sch in events.BODY_DEFS.items():
+            comps.setdefault(name, sch)
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, ops in schema.get("paths", {}).items():
+            if path in ("/healthz", "/readyz"):
+                continue
+            for op in ops.values():
+                op["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    return app

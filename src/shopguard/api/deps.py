@@ -1,0 +1,163 @@
+"""Shared dependencies of the routes: API keys with scopes (stored hashed), rate limits, the engine.
+
+A key looks like ``sg_<key id>_<secret>``. Only ``sha256(secret)`` is stored (keys are 256-bit random
+values, so a slow password hash adds nothing); the id finds the row and the hash is compared in
+constant time. Scopes: ``ingest`` (send events), ``analyst`` (read decisions, timelines, cases; send
+labels; resolve cases), ``admin`` (everything, plus keys and model reloads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+
+from shopguard.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
+from shopguard.store import EventStore
+
+SCOPES: tuple[str, ...] = ("ingest", "analyst", "admin")
+KEY_PREFIX = "sg_"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    scopes: frozenset[str]
+    name: str = ""
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def parse_scopes(scopes: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
+    out = sorted({s.strip() for s in items if s.strip()})
+    bad = [s for s in out if s not in SCOPES]
+    if not out or bad:
+        raise ValidationFailed(f"scope must be one or more of {', '.join(SCOPES)} (got {scopes!r})", field="scope",
+                               value=scopes)
+    return out
+
+
+def create_key(store: EventStore, scopes: str | list[str], name: str = "") -> tuple[str, ApiKey]:
+    """Create a key; returns the full key (shown once, never stored) and its record."""
+    sc = parse_scopes(scopes)
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    store.execute("INSERT INTO api_keys (key_id, key_hash, scopes, name, created_at) VALUES (?, ?, ?, ?, ?)",
+                  [key_id, _hash(secret), ",".join(sc), name, datetime.now(UTC).replace(tzinfo=None)])
+    return f"{KEY_PREFIX}{key_id}_{secret}", ApiKey(key_id, frozenset(sc), name)
+
+
+def list_keys(store: EventStore) -> list[dict[str, Any]]:
+    df = store.query("SELECT key_id, scopes, name, created_at, revoked_at FROM api_keys ORDER BY created_at")
+    return list(df.iter_rows(named=True))
+
+
+def revoke_key(store: EventStore, key_id: str) -> None:
+    if store.query("SELECT key_id FROM api_keys WHERE key_id = ?", [key_id]).height == 0:
+        raise NotFound(f"no API key {key_id!r}", field="key_id", value=key_id)
+    store.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
+                  [datetime.now(UTC).replace(tzinfo=None), key_id])
+
+
+class KeyRing:
+    """Verifies bearer keys against the store, caching verified keys for a few seconds (revocation lag)."""
+
+    def __init__(self, store: EventStore, *, ttl: float = 5.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, ApiKey | None, str]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, header: str | None) -> ApiKey:
+        if not header:
+            raise Unauthorized("missing Authorization header: send 'Authorization: Bearer <key>'",
+                               field="Authorization")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization must be 'Bearer <key>'", field="Authorization")
+        token = token.strip()
+        if not token.startswith(KEY_PREFIX) or token.count("_") < 2:
+            raise Unauthorized("malformed API key", field="Authorization")
+        key_id, _, secret = token[len(KEY_PREFIX):].partition("_")
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is None or now - cached[0] > self.ttl:
+            rows = self.store.query(
+                "SELECT key_hash, scopes, name FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", [key_id]
+            )
+            if rows.height == 0:
+                record, digest = None, ""
+            else:
+                r = rows.row(0, named=True)
+                record, digest = ApiKey(key_id, frozenset(r["scopes"].split(",")), r["name"]), r["key_hash"]
+            with self._lock:
+                self._cache[key_id] = (now, record, digest)
+            cached = self._cache[key_id]
+        _, record, digest = cached
+        if record is None or not hmac.compare_digest(digest, _hash(secret)):
+            raise Unauthorized("unknown or revoked API key", field="Authorization")
+        return record
+
+
+class RateLimiter:
+    """Token bucket per key: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str, cost: float = 1.0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < cost:
+                self._buckets[key_id] = (tokens, now)
+                wait = (cost - tokens) / self.rate
+                raise RateLimited(f"rate limit of {self.rate:g} requests/s exceeded: retry in {wait:.2f} s",
+                                  field="Authorization", value=round(wait, 3))
+            self._buckets[key_id] = (tokens - cost, now)
+
+
+ANONYMOUS = ApiKey("anonymous", frozenset({"admin"}), "auth disabled")
+
+
+def require(scope: str) -> Any:
+    """A FastAPI dependency: the request's key must carry ``scope`` (admin carries every scope)."""
+
+    def dep(request: Request) -> ApiKey:
+        state = request.app.state
+        if not state.settings.auth:
+            return ANONYMOUS
+        key = state.keys.verify(request.headers.get("authorization"))
+        if not key.allows(scope):
+            raise Forbidden(f"this key lacks the '{scope}' scope (has: {', '.join(sorted(key.scopes))})",
+                            field="scope", value=scope)
+        state.limiter.check(key.key_id)
+        return key
+
+    dep.__name__ = f"require_{scope}"
+    return dep
+
+
+def engine(request: Request) -> Any:
+    return request.app.state.engine
+
+
+def store(request: Request) -> EventStore:
+    return request.app.state.store  # type: ignore[no-any-return]

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the decision service (one registry per app, so tests can run several apps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServiceMetrics:
+    """Request latency, decisions by action, model version, errors, cases and webhook deliveries."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram("shopguard_request_latency_seconds", "HTTP request latency.",
+                                         ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.decision_latency = Histogram("shopguard_decision_latency_seconds",
+                                          "Time to decide one event (features, model, rules), before commit.",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter("shopguard_decisions_total", "Decisions by action.", ["action", "risk_level"],
+                                 registry=r)
+        self.errors = Counter("shopguard_errors_total", "Errors by kind.", ["kind"], registry=r)
+        self.model_info = Gauge("shopguard_model_info", "Model version in service (1 = serving).", ["version"],
+                                registry=r)
+        self.model_swaps = Counter("shopguard_model_swaps_total", "Models swapped in.", registry=r)
+        self.cases = Counter("shopguard_cases_opened_total", "Review cases opened.", registry=r)
+        self.webhooks = Counter("shopguard_webhook_deliveries_total", "Webhook deliveries.", ["outcome"], registry=r)
+        self.rules_loaded = Gauge("shopguard_rules_loaded", "Rules in force.", registry=r)
+        self._version: str | None = None
+
+    def observe_decision(self, decision: dict[str, Any], seconds: float) -> None:
+        self.decision_latency.observe(seconds)
+        self.decisions.labels(decision["action"], decision["risk_level"]).inc()
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def cases_opened(self, n: int) -> None:
+        if n:
+            self.cases.inc(n)
+
+    def webhook_result(self, url: str, ok: bool) -> None:
+        self.webhooks.labels("delivered" if ok else "failed").inc()
+
+    def set_model(self, version: str | None) -> None:
+        if self._version is not None:
+            self.model_info.remove(self._version)
+        self._version = version or "none"
+        self.model_info.labels(self._version).set(1)
+        self.model_swaps.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,59 @@
+"""Admin routes: API keys, model and rule status and reloads (the store is owned by the service, so
+keys are created here while it runs; ``shopguard keys create`` works when it does not)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from shopguard.api.deps import create_key, require
+from shopguard.api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, ModelStatusOut, RulesStatusOut
+
+router = APIRouter(tags=["admin"])
+_ERR = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+
+
+@router.post("/v1/keys", response_model=KeyCreatedOut, status_code=201, responses=_ERR)
+def new_key(body: KeyCreateIn, request: Request, _key: Any = Depends(require("admin"))) -> Any:
+    """Create an API key; the answer is the only time the full key is shown."""
+    key, rec = create_key(request.app.state.store, list(body.scopes), body.name)
+    return {"key": key, "key_id": rec.key_id, "scopes": sorted(rec.scopes)}
+
+
+def _model_status(request: Request) -> dict[str, Any]:
+    slot = request.app.state.engine.model
+    return {"version": slot.version, "source": None if slot.source is None else str(slot.source),
+            "last_error": slot.last_error, "swaps": slot.swaps}
+
+
+@router.get("/v1/models/current", response_model=ModelStatusOut, responses=_ERR)
+def model_status(request: Request, _key: Any = Depends(require("analyst"))) -> Any:
+    return _model_status(request)
+
+
+@router.post("/v1/models/reload", response_model=ModelStatusOut, responses=_ERR)
+def model_reload(request: Request, _key: Any = Depends(require("admin"))) -> Any:
+    """Follow the registry's current version now (the service also does it by itself within a second)."""
+    request.app.state.engine.model.reload()
+    return _model_status(request)
+
+
+def _rules_status(request: Request) -> dict[str, Any]:
+    r = request.app.state.engine.rules
+    rs = r.rules
+    return {"path": None if r.path is None else str(r.path), "rules": len(rs), "mode": rs.mode,
+            "last_error": r.last_error, "reloads": r.reloads}
+
+
+@router.get("/v1/rules", response_model=RulesStatusOut, responses=_ERR)
+def rules_status(request: Request, _key: Any = Depends(require("analyst"))) -> Any:
+    return _rules_status(request)
+
+
+@router.post("/v1/rules/reload", response_model=RulesStatusOut, responses=_ERR)
+def rules_reload(request: Request, _key: Any = Depends(require("admin"))) -> Any:
+    r = request.app.state.engine.rules
+    if r.path is not None:
+        r.reload()
+    return _rules_status(request)

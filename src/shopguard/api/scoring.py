@@ -1,0 +1,840 @@
+"""The in-process decision engine: event -> store -> online features -> model score -> rules -> decision.
+
+One ``DecisionEngine`` owns the service's state (online features, the model slot, the rules) and is
+used by the HTTP routes and by the benchmark directly. Deciding is serialised under one lock (online
+features are order dependent); storing goes through ``StoreWriter``, one thread that commits whatever
+decisions are waiting in ONE transaction (group commit), so many concurrent requests share an fsync
+while each answer still waits for its own commit: a 2xx is only sent for a durably stored event.
+
+Idempotency: an ``event_id`` seen before is answered with its original decision (from memory, from
+the in-flight commit it is waiting on, or from the store) and is not learnt by the features again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shopguard.decision.cases import RISK_LEVELS, RISK_RANK, WebhookDispatcher, case_for, should_open
+from shopguard.decision.rules import SEVERITY, ReloadingRules, RuleResult
+from shopguard.errors import ModelError, ShopguardError, ValidationFailed
+from shopguard.events.schema import COLUMN_NAMES, parse_event
+from shopguard.models import registry as reg
+from shopguard.store import EventStore
+
+log = logging.getLogger("shopguard.service")
+
+ACTION_RISK = {"allow": "low", "review": "medium", "challenge": "high", "block": "critical"}
+RECENT_DECISIONS = 100_000  # decisions kept in memory for fast repeated-id answers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ModelOutput:
+    score: float
+    probability: float | None
+    risk_level: str
+    action: str
+    reasons: list[dict[str, Any]]
+
+
+class LoadedModel:
+    """A model bundle behind one call: features of one event in, score/probability/risk/action out."""
+
+    def __init__(self, bundle: Any, version: str, path: Path, manifest: dict[str, Any] | None = None) -> None:
+        self.bundle = bundle
+        self.version = version
+        self.path = path
+        self.manifest = manifest or {}
+        fs = getattr(bundle, "feature_set", None)
+        self.feature_set = fs
+        self.feature_set_version = str(getattr(fs, "version", None) or self.manifest.get("feature_set_version") or "")
+
+    @classmethod
+    def load(cls, path: Path, *, feature_set_version: str | None = None, version: str | None = None) -> LoadedModel:
+        """Verify (when a manifest is present) and load a model folder; raises ModelError otherwise."""
+        manifest: dict[str, Any] | None = None
+        if (path / reg.MANIFEST).exists():
+            manifest = reg.verify(path, feature_set_version=feature_set_version)
+        try:
+            from shopguard.models.bundle import ModelBundle
+        except ImportError as exc:
+            raise ModelError(f"model bundles are unavailable in this install: {exc}", field="model") from None
+        try:
+            bundle = ModelBundle.load(path)
+        except ShopguardError:
+            raise
+        except Exception as exc:  # a corrupted pickle and the like: refuse with a clear error
+            raise ModelError(f"model at {path} cannot be loaded: {exc}", field="model", value=str(path)) from None
+        version = version or str(getattr(bundle, "model_version", None) or (manifest or {}).get("version")
+                                 or path.name)
+        return cls(bundle, version, path, manifest)
+
+    def decide(self, features: dict[str, Any]) -> ModelOutput:
+        return self.decide_many([features])[0]
+
+    def decide_many(self, rows: list[dict[str, Any]]) -> list[ModelOutput]:
+        """Score several events in one call (one frame, one model pass: batches are much cheaper per event)."""
+        import polars as pl
+
+        frame = pl.DataFrame(rows, infer_schema_length=None)
+        decide = getattr(self.bundle, "decide", None)
+        if decide is None:
+            return [ModelOutput(float(x), None, "low", "allow", []) for x in self.bundle.score(frame)]
+        out = []
+        for d in decide(frame):
+            reasons = []
+            for r in getattr(d, "reasons", None) or []:
+                if isinstance(r, dict):
+                    reasons.append({"code": str(r.get("code")), "text": str(r.get("text", "")), "source": "model"})
+                else:
+                    reasons.append({"code": str(getattr(r, "code", r)), "text": str(getattr(r, "text", "")),
+                                    "source": "model"})
+            prob = getattr(d, "probability", None)
+            out.append(ModelOutput(float(d.score), None if prob is None else float(prob),
+                                   str(_enum_value(d.risk_level)), str(_enum_value(d.action)), reasons))
+        return out
+
+
+def _enum_value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+class ModelSlot:
+    """The model in service, swapped atomically; a model that fails to load never replaces the current one.
+
+    ``source`` is a model folder or a registry root; for a registry the slot follows its current pointer
+    (``check()``, called from a watcher thread), loading the new version off the request path and
+    swapping one reference, so requests in flight finish on the old model and none is dropped.
+    """
+
+    def __init__(self, source: Path | None, *, on_change: Callable[[LoadedModel | None], None] | None = None) -> None:
+        self.source = source
+        self.model: LoadedModel | None = None
+        self.last_error: str | None = None
+        self.swaps = 0
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._state_mtime: int | None = None
+        self.registry = reg.ModelRegistry(source) if source is not None and reg.is_registry(source) else None
+
+    def load_initial(self) -> None:
+        if self.source is None:
+            return
+        if not self.source.exists():
+            raise ModelError(f"model path {self.source} does not exist", field="model", value=str(self.source))
+        if self.registry is not None:
+            self._state_mtime = _mtime_ns(self.registry.state_path)
+            cur = self.registry.current_path()
+            if cur is None:
+                self.last_error = f"registry {self.source} has no promoted version yet"
+                return
+            self._set(LoadedModel.load(cur, version=cur.name))
+        else:
+            self._set(LoadedModel.load(self.source))
+
+    def _set(self, model: LoadedModel | None) -> None:
+        self.model = model  # one reference assignment: atomic for readers
+        self.swaps += 1
+        if self.on_change is not None:
+            self.on_change(model)
+
+    def check(self) -> bool:
+        """Follow the registry's current pointer; returns whether a new model is now serving."""
+        if self.registry is None:
+            return False
+        m = _mtime_ns(self.registry.state_path)
+        if m == self._state_mtime:
+            return False
+        with self._lock:
+            self._state_mtime = m
+            return self.reload()
+
+    def reload(self) -> bool:
+        if self.registry is None:
+            return False
+        try:
+            cur = self.registry.current_version()
+            if cur is None or (self.model is not None and self.model.path == self.registry.root / cur):
+                return False
+            want = self.model.feature_set_version if self.model is not None else None
+            new = LoadedModel.load(self.registry.root / cur, feature_set_version=want or None, version=cur)
+            if self.model is not None and self.model.feature_set_version and new.feature_set_version \
+                    and new.feature_set_version != self.model.feature_set_version:
+                raise ModelError(f"model {cur} computes feature set {new.feature_set_version}, the service "
+                                 f"runs {self.model.feature_set_version}: restart the service to switch",
+                                 field="feature_set_version", value=new.feature_set_version)
+        except ShopguardError as exc:
+            self.last_error = exc.message
+            log.error("model not swapped, %s keeps serving: %s", self.version, exc.message)
+            return False
+        self.last_error = None
+        self._set(new)
+        log.info("model %s now serving", new.version)
+        return True
+
+    @property
+    def version(self) -> str | None:
+        m = self.model
+        return None if m is None else m.version
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Store writer: a journal for durability, group commits into DuckDB
+# ---------------------------------------------------------------------------------------------------
+_TS_KEYS = {"events": ("ts", "promised_ts", "actual_ts"), "decisions": ("decided_at",), "cases": ("opened_at",)}
+
+
+@dataclass
+class _Job:
+    events: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    cases: list[dict[str, Any]]
+    future: cf.Future[int] = field(default_factory=cf.Future)
+
+
+_Rows = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+@dataclass
+class _Flush:
+    future: cf.Future[int] = field(default_factory=cf.Future)
+
+
+class StoreWriter:
+    """Makes decided events durable before they are acknowledged, then writes them into DuckDB.
+
+    With a ``journal`` (the service's default: ``DB.journal.<n>`` segments next to the store), the
+    writer thread appends each group of waiting jobs to the current segment as one JSON line and
+    ``fsync``-s it: that is the commit a 2xx waits for (one fsync per group, instead of a DuckDB
+    transaction, which costs tens of milliseconds). Every ``apply_every_s`` (or ``apply_max`` events)
+    the segment is closed and handed to a second thread that writes it into DuckDB in one transaction
+    and deletes it, so acknowledgements never wait behind DuckDB. On start, segments a crash left
+    behind are applied first; appends are idempotent, so applying twice is harmless, and a torn last
+    line was never acknowledged.
+
+    Without a journal each group is committed straight into DuckDB before acknowledgement.
+    """
+
+    def __init__(self, store: EventStore, *, max_batch: int = 2_000, journal: Path | None = None,
+                 fsync: bool = True, apply_every_s: float = 0.25, apply_max: int = 20_000) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.journal = journal
+        self.fsync = fsync
+        self.apply_every_s = apply_every_s
+        self.apply_max = apply_max
+        self._q: queue.Queue[_Job | _Flush | None] = queue.Queue()
+        self._applyq: queue.Queue[tuple[Path, _Rows] | _Flush | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._applier: threading.Thread | None = None
+        self._fd: int | None = None
+        self._segment: Path | None = None
+        self._seq = 0
+        self._pending: _Rows = ([], [], [])
+        self._pending_since = 0.0
+        self.commits = 0
+        self.committed_events = 0
+        self.recovered = 0
+        self.apply_error: str | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self.journal is not None:
+            self.recovered = self.recover()
+            self._open_segment()
+            self._applier = threading.Thread(target=self._apply_loop, name="shopguard-applier", daemon=True)
+            self._applier.start()
+        self._thread = threading.Thread(target=self._run, name="shopguard-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(30)
+            self._thread = None
+        if self._applier is not None:
+            self._applyq.put(None)
+            self._applier.join(60)
+            self._applier = None
+
+    def alive(self) -> bool:
+        ok = self._thread is not None and self._thread.is_alive()
+        return ok and (self.journal is None or (self._applier is not None and self._applier.is_alive()))
+
+    def submit(self, events: list[dict[str, Any]], decisions: list[dict[str, Any]],
+               cases: list[dict[str, Any]]) -> cf.Future[int]:
+        job = _Job(events, decisions, cases)
+        if self._thread is None:
+            job.future.set_exception(ShopguardError("the store writer is not running"))
+            return job.future
+        self._q.put(job)
+        return job.future
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything acknowledged so far is in DuckDB (read-your-writes for analyst reads)."""
+        if self._thread is None or self.journal is None:
+            return
+        f = _Flush()
+        self._q.put(f)
+        f.future.result(timeout)
+
+    # -- journal -----------------------------------------------------------------------------------------
+    def _segments(self) -> list[Path]:
+        assert self.journal is not None
+        found = []
+        for p in self.journal.parent.glob(self.journal.name + ".*"):
+            suffix = p.name[len(self.journal.name) + 1:]
+            if suffix.isdigit():
+                found.append((int(suffix), p))
+        return [p for _, p in sorted(found)]
+
+    def recover(self) -> int:
+        """Apply the journal segments a previous run left, in order, then delete them; returns events."""
+        total = 0
+        for seg in self._segments():
+            rows: _Rows = ([], [], [])
+            with seg.open("rb") as f:
+                for line in f:
+                    try:
+                        entry = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        break  # a torn last line: written while the process died, never acknowledged
+                    for i, kind in enumerate(("events", "decisions", "cases")):
+                        rows[i].extend(_revive(kind, r) for r in entry.get(kind, []))
+            if rows[0]:
+                self.store.append_decided(*rows)
+            total += len(rows[0])
+            seg.unlink()
+            self._seq = max(self._seq, int(seg.name.rsplit(".", 1)[1]))
+        if total:
+            log.info("recovered %d journalled events into the store", total)
+        return total
+
+    def _open_segment(self) -> None:
+        assert self.journal is not None
+        self._seq += 1
+        self._segment = Path(f"{self.journal}.{self._seq}")
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def _journal(self, jobs: list[_Job]) -> None:
+        assert self._fd is not None
+        entry = {"events": [e for j in jobs for e in j.events], "decisions": [d for j in jobs for d in j.decisions],
+                 "cases": [c for j in jobs for c in j.cases]}
+        data = orjson.dumps(entry, default=str) + b"\n"
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fsync(self._fd)
+
+    def _hand_off(self) -> None:
+        """Close the current segment and give its rows to the applier; new acks go to a fresh segment."""
+        if not self._pending[0] or self._segment is None or self._fd is None:
+            return
+        os.close(self._fd)
+        self._applyq.put((self._segment, self._pending))
+        self._pending = ([], [], [])
+        self._open_segment()
+
+    def _apply_loop(self) -> None:
+        while True:
+            item = self._applyq.get()
+            if item is None:
+                return
+            if isinstance(item, _Flush):
+                if self.apply_error:
+                    item.future.set_exception(ShopguardError(self.apply_error))
+                else:
+                    item.future.set_result(0)
+                continue
+            segment, rows = item
+            while True:
+                try:
+                    self.store.append_decided(*rows)
+                    break
+                except Exception as exc:  # stays journalled: retried here, and recovered on restart
+                    self.apply_error = f"writing journalled events into the store failed: {exc}"
+                    log.exception("apply of %d journalled events failed; retrying", len(rows[0]))
+                    time.sleep(1.0)
+            self.apply_error = None
+            segment.unlink(missing_ok=True)
+
+    # -- the writer thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            wait = None
+            if self._pending[0]:
+                wait = max(0.0, self._pending_since + self.apply_every_s - time.monotonic())
+            try:
+                item = self._q.get(timeout=wait)
+            except queue.Empty:
+                self._hand_off()  # time to apply
+                continue
+            items = [item]
+            n = len(item.events) if isinstance(item, _Job) else 0
+            while n < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(nxt)
+                n += len(nxt.events) if isinstance(nxt, _Job) else 0
+            jobs = [i for i in items if isinstance(i, _Job)]
+            if jobs:
+                self._commit(jobs)
+            stopping = any(i is None for i in items)
+            flushes = [i for i in items if isinstance(i, _Flush)]
+            if self.journal is not None and (flushes or stopping or len(self._pending[0]) >= self.apply_max):
+                self._hand_off()
+                for f in flushes:
+                    self._applyq.put(f)  # answered by the applier once everything before it is in DuckDB
+            if stopping:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                    if self._segment is not None and self._segment.stat().st_size == 0:
+                        self._segment.unlink(missing_ok=True)
+                return
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        events = [e for j in jobs for e in j.events]
+        try:
+            if self.journal is not None:
+                self._journal(jobs)
+            elif events:
+                self.store.append_decided(events, [d for j in jobs for d in j.decisions],
+                                          [c for j in jobs for c in j.cases])
+            self.commits += 1
+            self.committed_events += len(events)
+        except Exception as exc:  # nothing durable: every waiting request learns it (503), none is acked
+            log.exception("commit of %d events failed", len(events))
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        if self.journal is not None:
+            if not self._pending[0]:
+                self._pending_since = time.monotonic()
+            for j in jobs:
+                self._pending[0].extend(j.events)
+                self._pending[1].extend(j.decisions)
+                self._pending[2].extend(j.cases)
+        for j in jobs:
+            j.future.set_result(len(j.events))
+
+
+def _revive(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Journal rows come back with ISO strings where the store wants datetimes."""
+    for k in _TS_KEYS[kind]:
+        v = row.get(k)
+        if isinstance(v, str):
+            row[k] = datetime.fromisoformat(v)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------
+class Unavailable(ShopguardError):
+    """The store could not commit: nothing was acknowledged."""
+
+    status_code = 503
+
+
+@dataclass
+class Prepared:
+    record: dict[str, Any]  # the validated, pseudonymised flat record as stored
+    index: int
+
+
+class DecisionEngine:
+    """Decides events and stores them; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        rules: ReloadingRules | None = None,
+        model: ModelSlot | None = None,
+        pseudonymiser: Any = None,
+        case_risk_level: str = "high",
+        webhooks: WebhookDispatcher | None = None,
+        writer_max_batch: int = 2_000,
+        journal: Path | None = None,
+        journal_fsync: bool = True,
+        features: Any = None,
+        metrics: Any = None,
+        sequence: Any = None,
+    ) -> None:
+        self.store = store
+        self.rules = rules or ReloadingRules(None)
+        self.model = model or ModelSlot(None)
+        self.pseudonymiser = pseudonymiser
+        self.case_risk_level = case_risk_level
+        self.webhooks = webhooks or WebhookDispatcher([])
+        self.writer = StoreWriter(store, max_batch=writer_max_batch, journal=journal, fsync=journal_fsync)
+        self.features = features
+        self.metrics = metrics
+        self._lock = threading.RLock()
+        self._pending: dict[str, cf.Future[dict[str, Any]]] = {}
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._known: set[str] = set()
+        self.ready = False
+        self.features_error: str | None = None
+        self.graph: Any = None  # live account-link index (features.graph.RingIndex) for timelines
+        self.graph_skipped = 0
+        # Optional behaviour-transformer scorer (models.sequence.export.IncrementalScorer): its score is
+        # ``sequence_score`` in the rule context.
+        self.sequence = sequence
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self, *, rebuild_features: bool = True) -> None:
+        """Recover the journal, load ids already stored, rebuild online features, start the threads."""
+        self.writer.start()  # first: it applies what a crash left in the journal
+        ids = self.store.query("SELECT event_id FROM events")
+        self._known = set(ids["event_id"].to_list()) if ids.height else set()
+        if self.features is None:
+            self.features = _make_feature_engine(self.model.model)
+        if self.features is not None and rebuild_features:
+            try:
+                self.features.rebuild(self.store)
+            except Exception as exc:  # features unavailable: rules on raw fields and the model still run
+                self.features_error = f"online features could not be rebuilt: {exc}"
+                log.error(self.features_error)
+                self.features = None
+        if self.sequence is not None and rebuild_features:
+            self.sequence.warm(self.store.events())
+        try:
+            from shopguard.features.graph import build_ring_index
+
+            self.graph = build_ring_index(self.store)
+        except ImportError:
+            self.graph = None
+        except Exception as exc:  # the graph only enriches timelines: never block start-up on it
+            log.error("account-link graph could not be built: %s", exc)
+            self.graph = None
+        self.webhooks.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.writer.stop()
+        self.webhooks.stop()
+
+    # -- validation ------------------------------------------------------------------------------------
+    def prepare(self, payloads: Sequence[Any], *, batch: bool) -> list[Prepared]:
+        """Validate every event (all or nothing) and pseudonymise personal fields."""
+        out = []
+        for i, data in enumerate(payloads):
+            try:
+                rec = parse_event(data).to_record()
+            except ValidationFailed as exc:
+                if not batch:
+                    raise
+                fld = f"events[{i}].{exc.field}" if exc.field else f"events[{i}]"
+                raise ValidationFailed(f"events[{i}]: {exc.message}", field=fld, value=exc.value) from None
+            if self.pseudonymiser is not None:
+                rec = self.pseudonymiser.apply_record(rec)
+            # attrs as JSON text, as the store keeps it: mixed attrs across a batch never confuse a frame
+            attrs = rec.get("attrs")
+            rec["attrs"] = orjson.dumps(attrs).decode() if attrs else None
+            out.append(Prepared(rec, i))
+        return out
+
+    # -- deciding --------------------------------------------------------------------------------------
+    def submit(self, prepared: Sequence[Prepared]) -> tuple[list[Any], cf.Future[int] | None]:
+        """Decide each event and queue new ones for commit.
+
+        Returns one entry per event, each a decision dict (repeated id, already known) or a future of one
+        (still being committed), and the commit future of this call's new events (None if none).
+        """
+        rules = self.rules.current()
+        model = self.model.model
+        results: list[Any] = []
+        new_events: list[dict[str, Any]] = []
+        new_decisions: list[dict[str, Any]] = []
+        new_cases: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]] = []
+        with self._lock:
+            for p in prepared:
+                eid = p.record["event_id"]
+                prior = self._recent.get(eid)
+                if prior is not None:
+                    results.append(prior)
+                    continue
+                fut = self._pending.get(eid)
+                if fut is not None:
+                    results.append(fut)
+                    continue
+                if eid in self._known:
+                    stored = self.stored_decision(eid)
+                    if stored is not None:
+                        self._remember(eid, stored)
+                        results.append(stored)
+                        continue
+                # Phase 1, in order: features (each event sees the ones before it, as in the batch engine).
+                t0 = time.perf_counter()
+                learn = eid not in self._known
+                ctx, feats = self._context(p.record, learn=learn)
+                if self.graph is not None and learn:
+                    try:
+                        self.graph.add_event(p.record)
+                    except ShopguardError:  # e.g. a late event: the link graph only learns in time order
+                        self.graph_skipped += 1
+                    except Exception:  # enrichment only
+                        log.exception("graph update failed on %s", eid)
+                fut = cf.Future()
+                self._pending[eid] = fut
+                results.append(fut)
+                todo.append((p.record, ctx, feats, time.perf_counter() - t0))
+            # Phase 2: one model pass for the whole request; phase 3: rules and policy per event.
+            t1 = time.perf_counter()
+            outs = self._score(model, todo)
+            share = (time.perf_counter() - t1) / max(len(todo), 1)
+            for (rec, ctx, _feats, spent), out in zip(todo, outs, strict=True):
+                t2 = time.perf_counter()
+                decision, scenario = self._finish(rec, ctx, out, rules, model)
+                seconds = spent + share + (time.perf_counter() - t2)
+                decision["latency_ms"] = round(seconds * 1000, 3)
+                if self.metrics is not None:
+                    self.metrics.observe_decision(decision, seconds)
+                new_events.append(rec)
+                new_decisions.append(_stored_decision(decision))
+                if should_open(decision["risk_level"], self.case_risk_level):
+                    new_cases.append(case_for(decision, rec, scenario))
+                    alerts.append({"event": "case_opened", "case_id": f"case_{rec['event_id']}", "scenario": scenario,
+                                   "user_id": rec.get("user_id"), **decision})
+            commit = self.writer.submit(new_events, new_decisions, new_cases) if new_events else None
+        if commit is not None:
+            mine = {d["event_id"]: _public(d) for d in new_decisions}
+            commit.add_done_callback(lambda f: self._settle(f, mine, alerts))
+        return results, commit
+
+    def _settle(self, commit: cf.Future[int], mine: dict[str, dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+        exc = commit.exception()
+        with self._lock:
+            for eid, d in mine.items():
+                fut = self._pending.pop(eid, None)
+                if exc is None:
+                    self._known.add(eid)
+                    self._remember(eid, d)
+                if fut is not None:
+                    if exc is None:
+                        fut.set_result(d)
+                    else:
+                        fut.set_exception(Unavailable(f"the store could not commit: {exc}", field="store"))
+        if exc is None:
+            for a in alerts:
+                self.webhooks.submit(a)
+            if self.metrics is not None:
+                self.metrics.cases_opened(len(alerts))
+
+    def _remember(self, eid: str, decision: dict[str, Any]) -> None:
+        self._recent[eid] = decision
+        if len(self._recent) > RECENT_DECISIONS:
+            self._recent.popitem(last=False)
+
+    def _decide(self, rec: dict[str, Any], rules: Any, model: LoadedModel | None, *,
+                learn: bool) -> tuple[dict[str, Any], str | None]:
+        """Decide one event (features, model, rules); ``submit`` runs the same steps batched."""
+        ctx, feats = self._context(rec, learn=learn)
+        out = self._score(model, [(rec, ctx, feats, 0.0)])[0]
+        return self._finish(rec, ctx, out, rules, model)
+
+    def _context(self, rec: dict[str, Any], *, learn: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rule context (event fields, derived time fields, attrs, online features) and the features."""
+        feats: dict[str, Any] = {}
+        if self.features is not None:
+            try:
+                feats = self.features.update(rec) if learn else _peek(self.features, rec)
+            except ShopguardError:
+                raise
+            except Exception as exc:  # a feature bug must not take the decision path down
+                self.features_error = f"online features failed: {exc}"
+                log.exception("online features failed on %s", rec.get("event_id"))
+                feats = {}
+        ctx: dict[str, Any] = dict(rec)
+        ts = rec["ts"]
+        ctx["hour"] = ts.hour
+        ctx["weekday"] = ts.weekday()
+        attrs = rec.get("attrs")
+        if isinstance(attrs, str):
+            try:
+                ctx["attrs"] = json.loads(attrs)
+            except json.JSONDecodeError:
+                ctx["attrs"] = {}
+        ctx.update(feats)
+        if self.sequence is not None:
+            try:
+                ctx["sequence_score"] = self.sequence.score_one(rec, learn=learn)
+            except Exception:  # the transformer only adds a signal: rules and the model still decide
+                log.exception("sequence scorer failed on %s", rec.get("event_id"))
+        return ctx, feats
+
+    def _score(self, model: LoadedModel | None, todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any],
+                                                               float]]) -> list[ModelOutput | None]:
+        if model is None or not todo:
+            return [None] * len(todo)
+        rows = [{**{k: rec.get(k) for k in ("event_id", "ts", "type", "user_id")}, **feats}
+                for rec, _ctx, feats, _ in todo]
+        try:
+            return list(model.decide_many(rows))
+        except Exception as exc:  # a failing model falls back to rules only, loudly
+            log.exception("model %s failed on %d events", model.version, len(rows))
+            if self.metrics is not None:
+                self.metrics.error("model")
+            self.model.last_error = f"model {model.version} failed: {exc}"
+            return [None] * len(todo)
+
+    def _finish(self, rec: dict[str, Any], ctx: dict[str, Any], out: ModelOutput | None, rules: Any,
+                model: LoadedModel | None) -> tuple[dict[str, Any], str | None]:
+        """Rules over the context (with the model's score), then the policy: the decision."""
+        if out is not None:
+            ctx["score"] = out.score
+            ctx["model_score"] = out.score
+            ctx["probability"] = out.probability
+        res: RuleResult = rules.evaluate(ctx)
+        reasons: list[dict[str, Any]] = []
+        if res.list_match is not None:  # an allow/deny list entry decides alone
+            action = res.action or "allow"
+            risk = ACTION_RISK[action]
+        else:
+            action = out.action if out is not None else "allow"
+            risk = out.risk_level if out is not None and out.risk_level in RISK_RANK else "low"
+            if res.action is not None:
+                if SEVERITY[res.action] > SEVERITY.get(action, 0):
+                    action = res.action
+                if RISK_RANK[ACTION_RISK[res.action]] > RISK_RANK[risk]:
+                    risk = ACTION_RISK[res.action]
+            if out is not None:
+                reasons.extend(out.reasons)
+        for h in res.hits:
+            reasons.append({"code": h.reason, "text": h.description, "source": "rule"})
+        scenario = next((h.scenario for h in res.hits if h.scenario), None)
+        decision = {
+            "event_id": rec["event_id"],
+            "score": None if out is None else out.score,
+            "probability": None if out is None else out.probability,
+            "risk_level": risk,
+            "action": action,
+            "reasons": reasons,
+            "rule_hits": [h.name for h in res.hits],
+            "model_version": None if out is None or model is None else model.version,
+            "decided_at": _now(),
+        }
+        return decision, scenario
+
+    # -- convenience ---------------------------------------------------------------------------------------
+    def process(self, payloads: Sequence[Any], *, batch: bool = True, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Validate, decide, commit and wait: the synchronous path (CLI, benchmark, tests)."""
+        prepared = self.prepare(payloads, batch=batch)
+        results, commit = self.submit(prepared)
+        if commit is not None:
+            try:
+                commit.result(timeout)
+            except Exception as exc:
+                raise Unavailable(f"the store could not commit: {exc}", field="store") from None
+        return [r.result(timeout) if isinstance(r, cf.Future) else r for r in results]
+
+    def flush(self) -> None:
+        """Make every acknowledged event visible to store queries (analyst reads call this first)."""
+        try:
+            self.writer.flush()
+        except Exception as exc:
+            raise Unavailable(f"the store is not accepting writes: {exc}", field="store") from None
+
+    def learn_labels(self, labels: Sequence[dict[str, Any]]) -> None:
+        """Tell the online features about new labels (label-delayed features use them once known)."""
+        learn = getattr(self.features, "learn_label", None)
+        with self._lock:
+            for lab in labels:
+                if learn is not None:
+                    learn(lab["entity_kind"], lab["entity_id"], lab["label"], lab["labeled_at"])
+                if self.graph is not None and lab["entity_kind"] == "user":
+                    self.graph.add_label(lab["entity_id"], int(lab["label"]))
+
+    def linked_accounts(self, user_id: str) -> list[dict[str, Any]]:
+        """Accounts sharing devices, cards, IPs or addresses with ``user_id`` (empty without the graph)."""
+        if self.graph is None:
+            return []
+        with self._lock:
+            return list(self.graph.linked_accounts(user_id))
+
+    def stored_decision(self, event_id: str) -> dict[str, Any] | None:
+        row = self.store.decision(event_id)
+        if row is None:
+            return None
+        return _public(row)
+
+    def decision(self, event_id: str) -> dict[str, Any] | None:
+        d = self._recent.get(event_id)
+        return d if d is not None else self.stored_decision(event_id)
+
+
+def _peek(features: Any, rec: dict[str, Any]) -> dict[str, Any]:
+    """Features of an event already learnt (stored without a decision): read, never learn twice."""
+    peek = getattr(features, "peek", None) or getattr(features, "features", None)
+    return peek(rec) if callable(peek) else {}
+
+
+def _make_feature_engine(model: LoadedModel | None) -> Any:
+    try:
+        from shopguard.features.online import OnlineFeatureEngine
+    except ImportError:
+        return None
+    fs = getattr(model, "feature_set", None) if model is not None else None
+    return OnlineFeatureEngine(fs) if fs is not None else OnlineFeatureEngine()
+
+
+def _stored_decision(d: dict[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    out["reasons"] = json.dumps(d["reasons"])
+    out["rule_hits"] = json.dumps(d["rule_hits"])
+    return out
+
+
+def _public(d: dict[str, Any]) -> dict[str, Any]:
+    """The decision as the API answers it (JSON columns decoded, internal fields dropped)."""
+    out = {k: d.get(k) for k in ("event_id", "score", "probability", "risk_level", "action", "reasons",
+                                 "rule_hits", "model_version", "latency_ms")}
+    for k in ("reasons", "rule_hits"):
+        if isinstance(out[k], str):
+            try:
+                out[k] = json.loads(out[k])
+            except json.JSONDecodeError:
+                out[k] = []
+        out[k] = out[k] or []
+    return out
+
+
+__all__ = ["DecisionEngine", "LoadedModel", "ModelSlot", "StoreWriter", "Unavailable", "RISK_LEVELS",
+           "COLUMN_NAMES"]

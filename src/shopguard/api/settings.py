@@ -1,0 +1,39 @@
+"""Typed settings of the decision service, with defaults that work on a laptop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What ``shopguard serve`` needs. Environment variables ``SHOPGUARD_SERVICE_*`` override defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPGUARD_SERVICE_", extra="forbid")
+
+    db: Path = Field(Path("shopguard-data/shop.duckdb"), description="DuckDB store the service owns.")
+    model: Path | None = Field(None, description="A model folder, or a registry root (hot swaps on promote).")
+    rules: Path | None = Field(None, description="YAML rule file (reloaded when it changes).")
+    sequence_model: Path | None = Field(
+        None, description="Exported behaviour transformer (ONNX); its score is `sequence_score` for rules."
+    )
+    pseudonym_key: str | None = Field(None, description="Secret for keyed hashing of personal identifiers.")
+    case_risk_level: Literal["low", "medium", "high", "critical"] = Field(
+        "high", description="Decisions at or above this risk level open a review case and fire webhooks."
+    )
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive every new case (JSON POST).")
+    max_body_bytes: int = Field(1_048_576, ge=1_024, description="Largest request body accepted (413 above).")
+    max_batch: int = Field(1_000, ge=1, description="Most events in one POST /v1/events.")
+    rate_limit_per_s: float = Field(2_000.0, gt=0, description="Requests per second each API key may send.")
+    rate_limit_burst: float = Field(4_000.0, gt=0, description="Requests a key may send in a burst.")
+    watch_every_s: float = Field(1.0, gt=0, description="How often the rule file and model registry are checked.")
+    writer_max_batch: int = Field(2_000, ge=1, description="Most events committed in one group commit.")
+    journal: bool = Field(True, description="Acknowledge after an fsync-ed journal append (DB.journal), then "
+                          "write DuckDB in larger transactions; off: one DuckDB commit per group.")
+    journal_fsync: bool = Field(True, description="fsync the journal before acknowledging (off survives a process "
+                                "crash but not a power cut).")
+    auth: bool = Field(True, description="Require API keys (turn off only for local benchmarks).")
+    rebuild_features: bool = Field(True, description="Rebuild online features from the store at start-up.")

@@ -1,0 +1,90 @@
+"""``shopguard models list|register|promote|rollback|verify``: the model registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shopguard.cli.common import console, handle_errors, out
+
+models_app = typer.Typer(help="Versioned models: register, promote, roll back.", no_args_is_help=True)
+RegistryOption = Annotated[
+    Path | None, typer.Option("--registry", help="Registry root (default: shopguard-data/models).")
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+
+
+def _registry(root: Path | None):  # type: ignore[no-untyped-def]
+    from shopguard.config import get_settings
+    from shopguard.models.registry import ModelRegistry
+
+    return ModelRegistry(root or get_settings().models_dir)
+
+
+@models_app.command("list")
+@handle_errors
+def list_(registry: RegistryOption = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Versions with their training window and metrics; * marks the one in service."""
+    versions = [v.summary() for v in _registry(registry).versions()]
+    if as_json:
+        out.print_json(json.dumps(versions, default=str))
+        return
+    t = Table(title="Models")
+    for c in ("", "version", "created", "detector", "feature set", "training window", "metrics"):
+        t.add_column(c)
+    for v in versions:
+        win = v["training_window"] or {}
+        metrics = ", ".join(f"{k}={x:.3f}" if isinstance(x, float) else f"{k}={x}"
+                            for k, x in list((v["metrics"] or {}).items())[:4])
+        t.add_row("*" if v["current"] else "", v["version"], str(v["created_at"] or ""), str(v["detector"] or ""),
+                  str(v["feature_set_version"] or ""), f"{win.get('start', '')} .. {win.get('end', '')}", metrics)
+    out.print(t)
+
+
+@models_app.command("register")
+@handle_errors
+def register_(source: Annotated[Path, typer.Argument(help="A trained model folder.")], registry: RegistryOption = None,
+              promote: Annotated[bool, typer.Option("--promote", help="Also make it current.")] = False) -> None:
+    """Copy a trained model into the registry as the next version, with a checksummed manifest."""
+    reg = _registry(registry)
+    v = reg.register(source)
+    console.print(f"registered {v.version} at {v.path}")
+    if promote:
+        reg.promote(v.version)
+        console.print(f"{v.version} is now current")
+
+
+@models_app.command("promote")
+@handle_errors
+def promote(version: Annotated[str, typer.Argument(help="Version to serve, e.g. v0002.")],
+            registry: RegistryOption = None) -> None:
+    """Verify a version (checksums, schema and feature set) and make it current; a running service swaps."""
+    v = _registry(registry).promote(version)
+    console.print(f"{v.version} is now current")
+
+
+@models_app.command("rollback")
+@handle_errors
+def rollback(registry: RegistryOption = None) -> None:
+    """Go back to the previously promoted version."""
+    v = _registry(registry).rollback()
+    console.print(f"rolled back: {v.version} is now current")
+
+
+@models_app.command("verify")
+@handle_errors
+def verify(version: Annotated[str, typer.Argument()], registry: RegistryOption = None) -> None:
+    """Check a version's files against its manifest."""
+    from shopguard.models.registry import verify as _verify
+
+    reg = _registry(registry)
+    _verify(reg.root / version)
+    console.print(f"{version}: every file matches its checksum")

@@ -1,0 +1,94 @@
+"""``shopguard train``: fit a detector on the store's training window and write a model directory."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shopguard.cli.common import DbOption, db_path, handle_errors, out, progress
+from shopguard.errors import NotFound, ValidationFailed
+from shopguard.evaluation.splits import SplitConfig
+from shopguard.store import EventStore
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def open_existing(db: Path | None, *, read_only: bool = False) -> EventStore:
+    path = db_path(db)
+    if not path.exists():
+        raise NotFound(f"no store at {path}: run `shopguard simulate` or `shopguard ingest` first", field="db",
+                       value=str(path))
+    return EventStore(path, read_only=read_only)
+
+
+def _params(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(f"--params must be a JSON object: {exc}", field="params", value=text) from None
+    if not isinstance(value, dict):
+        raise ValidationFailed("--params must be a JSON object", field="params", value=text)
+    return value
+
+
+@handle_errors
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    db: DbOption = None,
+    detector: Annotated[str, typer.Option("--detector", help="lightgbm, iforest, ecod, hbos or baseline.")] = "lightgbm",
+    train_days: Annotated[float | None, typer.Option("--train-days", help="Training window (days); default all.")] = None,
+    delay_days: Annotated[float, typer.Option("--delay-days", help="Label-delay gap before the test window.")] = 7.0,
+    test_days: Annotated[float, typer.Option("--test-days", help="Held-out test window at the end.")] = 7.0,
+    train_start: Annotated[datetime | None, typer.Option("--train-start", help="Start of training (ISO).")] = None,
+    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate of the high threshold.")] = 0.01,
+    alert_rate: Annotated[float | None, typer.Option("--alert-rate", help="Alert budget as a share of events "
+                                                                           "(instead of --target-fpr).")] = None,
+    params: Annotated[str | None, typer.Option("--params", help="Detector hyperparameters as JSON.")] = None,
+) -> None:
+    """Train a detector (time-ordered split with a label-delay gap) and write MODEL_DIR."""
+    from shopguard.pipeline import train as run_train
+
+    split = SplitConfig(train_days=train_days, delay_days=delay_days, test_days=test_days, train_start=train_start)
+    with open_existing(db) as store, progress(transient=True) as prog:
+        task = prog.add_task("training", total=None)
+        bundle = run_train(store, out_dir, detector=detector, params=_params(params), split=split,
+                           target_fpr=target_fpr, alert_rate=alert_rate,
+                           on_step=lambda m: prog.update(task, description=m))
+    out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
+    print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
+
+
+def print_metrics(m: dict, title: str) -> None:
+    if not m:
+        out.print("[yellow]no test window metrics (no events after the delay gap)[/]")
+        return
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("events", "positives", "roc_auc", "average_precision", "recall_at_1pct_fpr", "precision_at_k",
+              "card_precision_at_k", "precision_at_threshold", "recall_at_threshold", "removed_known_fraud_events"):
+        if k in m:
+            v = m[k]
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(t)
+    sc = m.get("scenarios") or {}
+    if sc:
+        t = Table(title="Per scenario")
+        for c in ("scenario", "fraud events", "recall@1%FPR", "recall@threshold"):
+            t.add_column(c, justify="left" if c == "scenario" else "right")
+        for name, v in sc.items():
+            t.add_row(name, str(v["positives"]), _f(v.get("recall_at_1pct_fpr")), _f(v.get("recall_at_threshold")))
+        out.print(t)
+
+
+def _f(v: float | None) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"

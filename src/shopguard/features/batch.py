@@ -1,0 +1,446 @@
+"""Batch feature engine: runs ``FeatureDef``s over the store with DuckDB window functions.
+
+One SQL query per entity computes that entity's window and history aggregates with
+``RANGE BETWEEN INTERVAL w PRECEDING AND INTERVAL 1 MICROSECOND PRECEDING`` frames: the store keeps
+microsecond timestamps, so the frame ends just before the current ``ts`` and events at the same ``ts``
+(ties) never count. Merchant risk with label delay is a range join against the (rare) positive events
+whose label was known before the event. Everything is then joined on ``event_id`` in Polars.
+
+Raw sums and counts come out of SQL and are finished by the same formulas as the online engine
+(``finish_stats``), so both engines agree to rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import polars as pl
+
+from shopguard.errors import DataError
+from shopguard.features.definitions import (
+    KEY_COLUMNS,
+    AttrFeature,
+    FeatureDef,
+    FeatureSet,
+    as_feature_set,
+)
+from shopguard.store import EventStore
+
+#: attrs keys that look like labels are never turned into features (they would leak the answer).
+LABEL_LIKE_KEYS = re.compile(r"(?i)(fraud|label|scenario|target|chargeback|is_bad|ground_truth)")
+#: A standard deviation this small (relative to the mean) is treated as zero: z-scores are missing.
+STD_EPS = 1e-9
+
+
+class FeatureColumns(NamedTuple):
+    """Which columns of a feature frame are features, and which of them are categorical."""
+
+    features: list[str]
+    numeric: list[str]
+    categorical: list[str]
+
+
+def feature_columns(frame: pl.DataFrame) -> FeatureColumns:
+    """Split a feature frame's columns: keys (``event_id, ts, type, user_id``) out, categoricals flagged."""
+    feats = [c for c in frame.columns if c not in KEY_COLUMNS]
+    cats = [c for c in feats if frame.schema[c] in (pl.Categorical, pl.Utf8) or isinstance(frame.schema[c], pl.Enum)]
+    return FeatureColumns(feats, [c for c in feats if c not in cats], cats)
+
+
+# -- shared numeric finishing (same formulas as the online engine) --------------------------------------
+def std_from_sums(n: float, s: float, s2: float) -> float | None:
+    """Population std from count, sum and sum of squares; ``None`` below two values."""
+    if n < 2:
+        return None
+    var = (s2 - s * s / n) / n
+    return var**0.5 if var > 0 else 0.0
+
+
+def finish_stats(aggregate: str, n: float, s: float, s2: float, current: float | None) -> float | None:
+    """Turn (count, sum, sum of squares) of earlier values into one feature value."""
+    if aggregate == "sum":
+        return s
+    if n == 0:
+        return None
+    mean = s / n
+    if aggregate == "mean":
+        return mean
+    if aggregate == "std":
+        return std_from_sums(n, s, s2)
+    if current is None:
+        return None
+    if aggregate == "deviation":
+        return current - mean
+    if aggregate == "ratio_to_mean":
+        return current / mean if mean != 0 else None
+    if aggregate == "zscore":
+        std = std_from_sums(n, s, s2)
+        if std is None or std <= STD_EPS * max(1.0, abs(mean)):
+            return None
+        return (current - mean) / std
+    raise ValueError(aggregate)
+
+
+def _finish_expr(aggregate: str, n: pl.Expr, s: pl.Expr, s2: pl.Expr, cur: pl.Expr) -> pl.Expr:
+    """The vectorised twin of ``finish_stats``."""
+    if aggregate == "sum":
+        return s
+    mean = pl.when(n > 0).then(s / n)
+    if aggregate == "mean":
+        return mean
+    var = (s2 - s * s / n) / n
+    std = pl.when(n >= 2).then(pl.when(var > 0).then(var.sqrt()).otherwise(0.0))
+    if aggregate == "std":
+        return std
+    if aggregate == "deviation":
+        return cur - mean
+    if aggregate == "ratio_to_mean":
+        return pl.when(mean != 0).then(cur / mean)
+    if aggregate == "zscore":
+        ok = std > STD_EPS * pl.max_horizontal(pl.lit(1.0), mean.abs())
+        return pl.when(ok).then((cur - mean) / std)
+    raise ValueError(aggregate)
+
+
+# -- SQL building blocks ---------------------------------------------------------------------------------
+def _lit(v: Any) -> str:
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _filter_sql(d: FeatureDef) -> str | None:
+    parts = []
+    if d.types is not None:
+        parts.append(f"type IN ({', '.join(_lit(t) for t in d.types)})")
+    for col, allowed in d.where:
+        parts.append(f"{col} IN ({', '.join(_lit(v) for v in allowed)})")
+    return " AND ".join(parts) if parts else None
+
+
+def _agg(fn: str, d: FeatureDef, frame: str) -> str:
+    cond = _filter_sql(d)
+    return f"{fn}{f' FILTER (WHERE {cond})' if cond else ''} OVER {frame}"
+
+
+def _frame(partition: str, window_us: int | None, delay_us: int = 0) -> str:
+    end = f"INTERVAL '{delay_us + 1} microseconds' PRECEDING"
+    start = "UNBOUNDED PRECEDING" if window_us is None else f"INTERVAL '{window_us + delay_us} microseconds' PRECEDING"
+    return f"(PARTITION BY {partition} ORDER BY ts RANGE BETWEEN {start} AND {end})"
+
+
+def _json_path(key: str) -> str:
+    return _lit('$."' + key + '"')
+
+
+def _attr_sql(a: AttrFeature) -> str:
+    raw = f"json_extract_string(attrs, {_json_path(a.key)})"
+    if a.kind == "numeric":
+        return (f"CASE {raw} WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 "
+                f"ELSE CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END END")
+    if a.kind == "timestamp":
+        return f"date_diff('microsecond', timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ)), ts) / 1e6"
+    return raw
+
+
+def _current_sql(d: FeatureDef) -> str:
+    x = d.field
+    match d.aggregate:
+        case "value":
+            return f"CAST({x} AS DOUBLE)"
+        case "category":
+            return f"CAST({x} AS VARCHAR)"
+        case "hour":
+            return "CAST(hour(ts) AS DOUBLE)"
+        case "weekday":
+            return "CAST(isodow(ts) - 1 AS DOUBLE)"
+        case "length":
+            return f"CAST(length({x}) AS DOUBLE)"
+        case "seconds_between":
+            return f"date_diff('microsecond', {x}, {d.other}) / 1e6"
+        case "field_ratio":
+            return f"CASE WHEN {d.other} <> 0 THEN CAST({x} AS DOUBLE) / {d.other} END"
+    raise ValueError(d.aggregate)
+
+
+# -- attrs discovery -------------------------------------------------------------------------------------
+_NUMERIC_JSON = {"BIGINT", "UBIGINT", "DOUBLE", "BOOLEAN", "INTEGER", "UINTEGER"}
+
+
+def discover_attrs(store: EventStore, *, max_keys: int = 50, until: datetime | None = None) -> tuple[AttrFeature, ...]:
+    """Find the keys a team's log brings in ``attrs`` and how to use each as a feature.
+
+    Numbers and booleans → numeric; text that always parses as a timestamp → seconds before the
+    event; other text → categorical; objects and arrays are skipped, as are label-like keys
+    (``LABEL_LIKE_KEYS``). Keys are sorted, so the same data always gives the same feature set.
+    """
+    where = "attrs IS NOT NULL" + (" AND ts < ?" if until is not None else "")
+    params = [until] if until is not None else []
+    kinds = store.query(
+        f"SELECT k, json_type(attrs, '$.\"' || k || '\"') AS t, count(*) AS n "
+        f"FROM (SELECT attrs, unnest(json_keys(attrs)) AS k FROM events WHERE {where}) "
+        "WHERE strpos(k, '\"') = 0 GROUP BY 1, 2 ORDER BY 1, 2",
+        params,
+    )
+    by_key: dict[str, set[str]] = {}
+    for k, t, _n in kinds.iter_rows():
+        if t is not None and t != "NULL":
+            by_key.setdefault(k, set()).add(t)
+    out: list[AttrFeature] = []
+    taken: set[str] = set(KEY_COLUMNS)
+    for key in sorted(by_key):
+        types = by_key[key]
+        if LABEL_LIKE_KEYS.search(key) or types & {"OBJECT", "ARRAY"}:
+            continue
+        if types <= _NUMERIC_JSON:
+            kind = "numeric"
+        elif types == {"VARCHAR"}:
+            kind = _text_kind(store, key, where, params)
+        else:
+            kind = "categorical"
+        feat = AttrFeature(key, kind)
+        if feat.name in taken:
+            continue
+        taken.add(feat.name)
+        out.append(feat)
+        if len(out) >= max_keys:
+            break
+    return tuple(out)
+
+
+def _text_kind(store: EventStore, key: str, where: str, params: list[Any]) -> str:
+    """Text values that all parse as numbers are numeric, as timestamps are timestamps; else categorical."""
+    raw = f"json_extract_string(attrs, {_json_path(key)})"
+    row = store.query(
+        f"SELECT count(*) AS n, count(TRY_CAST(v AS DOUBLE)) AS num, count(TRY_CAST(v AS TIMESTAMPTZ)) AS tsn "
+        f"FROM (SELECT {raw} AS v FROM events WHERE {where} AND {raw} IS NOT NULL LIMIT 2000)",
+        params,
+    ).row(0)
+    n, num, tsn = row
+    if n and num == n:
+        return "numeric"
+    if n and tsn == n:
+        return "timestamp"
+    return "categorical"
+
+
+def feature_set(store: EventStore | None = None, definitions: Sequence[FeatureDef] | FeatureSet | None = None,
+                *, until: datetime | None = None) -> FeatureSet:
+    """The feature set to train with: the definitions plus the attrs keys found in the store."""
+    if isinstance(definitions, FeatureSet):
+        return definitions
+    fs = as_feature_set(definitions)
+    attrs = discover_attrs(store, until=until) if store is not None else ()
+    return FeatureSet(fs.definitions, attrs)
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+def compute_features(
+    store: EventStore,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Iterable[str] | None = None,
+    definitions: Sequence[FeatureDef] | FeatureSet | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Point-in-time features: one row per event with ``since <= ts < until`` (and type in ``types``).
+
+    Columns: ``event_id, ts, type, user_id``, then one per feature in ``FeatureSet.columns`` order
+    (numeric as Float64, categorical as ``pl.Categorical``). History reaches back before ``since``:
+    a test period's features use the training period's events. ``definitions=None`` means the
+    default definitions plus attrs discovered in the store; pass a model's pinned ``FeatureSet`` to
+    reproduce its columns exactly.
+    """
+    fs = feature_set(store, definitions, until=until)
+    types = list(types) if types is not None else None
+    step = on_step or (lambda _msg: None)
+
+    # Rows to output, with current-event and attrs features.
+    out_where, out_params = ["1 = 1"], []  # type: ignore[var-annotated]
+    if since is not None:
+        out_where.append("ts >= ?")
+        out_params.append(since)
+    if until is not None:
+        out_where.append("ts < ?")
+        out_params.append(until)
+    if types is not None:
+        if not types:
+            raise DataError("types is empty: name at least one event type", field="types", value=types)
+        out_where.append(f"type IN ({', '.join(_lit(t) for t in types)})")
+    out_cond = " AND ".join(out_where)
+
+    current = [d for d in fs.definitions if d.kind == "current"]
+    cols = [f"{_current_sql(d)} AS {d.name}" for d in current] + [f"{_attr_sql(a)} AS {a.name}" for a in fs.attrs]
+    if any(a.kind == "timestamp" for a in fs.attrs):
+        store.execute("SET TimeZone = 'UTC'")  # naive attrs timestamps are UTC, like the store's own
+    step("current-event features")
+    frame = store.query(
+        f"SELECT event_id, ts, type, user_id{''.join(', ' + c for c in cols)} FROM events "
+        f"WHERE {out_cond} ORDER BY ts, event_id",
+        out_params,
+    )
+    if frame.height == 0:
+        return _finish(frame, fs)
+
+    hist_cond = "ts < ?" if until is not None else "1 = 1"
+    hist_params = [until] if until is not None else []
+    # Output filter applied after the windows ran over the full history.
+    tail_where = " AND ".join(w for w in out_where if not w.startswith("ts < ?"))
+    tail_params = [since] if since is not None else []
+
+    finishers: list[pl.Expr] = []
+    for entity in sorted({d.entity for d in fs.definitions if d.kind in ("window", "history")}, key=str):
+        defs = [d for d in fs.definitions if d.entity == entity]
+        ent_cond, ent_params = hist_cond, hist_params
+        if since is not None or types is not None:
+            # Only the history of entities that occur in the output rows matters: scoring a recent day
+            # then reads those entities' history, not the whole store.
+            ent_cond = (f"{hist_cond} AND {entity} IN (SELECT {entity} FROM events "
+                        f"WHERE {out_cond} AND {entity} IS NOT NULL)")
+            ent_params = hist_params + out_params
+        # Bounded windows need history back to `since - horizon` only; all-history features read it all.
+        bounded = [d for d in defs if _horizon_us(d) is not None]
+        groups = [("a", [d for d in defs if _horizon_us(d) is None], ent_cond, ent_params)]
+        if since is not None and bounded:
+            horizon = max(_horizon_us(d) or 0 for d in bounded)
+            groups.append(("b", bounded, f"{ent_cond} AND ts >= ?",
+                           ent_params + [since - timedelta(microseconds=horizon)]))
+        else:
+            groups[0] = ("a", defs, ent_cond, ent_params)
+        for tag, group, cond, params in groups:
+            if not group:
+                continue
+            step(f"{entity} windows")
+            part, fin = _entity_frame(store, entity, group, cond, params, tail_where, tail_params, until, tag)
+            if part is not None:
+                frame = frame.join(part, on="event_id", how="left")
+            finishers.extend(fin)
+    if finishers:
+        frame = frame.with_columns(finishers)
+    return _finish(frame, fs)
+
+
+def _horizon_us(d: FeatureDef) -> int | None:
+    """How far back a definition looks (window + delay), or None when it needs all history."""
+    if d.aggregate in ("since_last", "since_first") or d.window_us is None:
+        return None
+    return d.window_us + d.delay_us
+
+
+def _entity_frame(
+    store: EventStore, entity: str, defs: list[FeatureDef], hist_cond: str, hist_params: list[Any],
+    tail_where: str, tail_params: list[Any], until: datetime | None, tag: str = "a",
+) -> tuple[pl.DataFrame | None, list[pl.Expr]]:
+    """Window and history aggregates of one entity: raw SQL columns plus the Polars expressions finishing them."""
+    selects: dict[str, str] = {}  # raw column name -> SQL; shared between features with equal inputs
+    finish: list[pl.Expr] = []
+    frames: list[pl.DataFrame] = []
+
+    def raw(sql: str) -> str:
+        for name, existing in selects.items():
+            if existing == sql:
+                return name
+        name = f"__{entity}_{tag}{len(selects)}"
+        selects[name] = sql
+        return name
+
+    for d in defs:
+        frame = _frame(entity, d.window_us, d.delay_us)
+        unbounded = _frame(entity, None)
+        if d.aggregate == "count":
+            finish.append(pl.col(raw(_agg("count(*)", d, frame))).cast(pl.Float64).alias(d.name))
+        elif d.aggregate == "distinct":
+            finish.append(pl.col(raw(_agg(f"count(DISTINCT {d.field})", d, frame))).cast(pl.Float64).alias(d.name))
+        elif d.aggregate in ("sum", "mean", "std", "zscore", "ratio_to_mean", "deviation"):
+            x = f"CAST({d.field} AS DOUBLE)"
+            n = pl.col(raw(_agg(f"count({x})", d, frame))).cast(pl.Float64)
+            s = pl.col(raw(_agg(f"sum({x})", d, frame))).fill_null(0.0)
+            s2 = pl.col(raw(_agg(f"sum({x} * {x})", d, frame))).fill_null(0.0)
+            cur = pl.col(raw(x))
+            # Features of an entity-less event stay missing; sums of nothing are 0 otherwise.
+            expr = _finish_expr(d.aggregate, n, s, s2, cur)
+            finish.append(pl.when(n.is_not_null()).then(expr).alias(d.name))
+        elif d.aggregate in ("since_last", "since_first"):
+            fn = "max(ts)" if d.aggregate == "since_last" else "min(ts)"
+            col = raw(f"date_diff('microsecond', {_agg(fn, d, unbounded)}, ts) / 1e6")
+            finish.append(pl.col(col).alias(d.name))
+        elif d.aggregate == "is_new":
+            frames.append(_is_new_frame(store, d, hist_cond, hist_params, tail_where, tail_params))
+        elif d.aggregate == "label_rate":
+            denom = pl.col(raw(_agg("count(*)", d, frame))).cast(pl.Float64)
+            frames.append(_label_hits_frame(store, d, hist_cond, hist_params, tail_where, tail_params, until))
+            hits = pl.col(f"__hits_{d.name}").fill_null(0).cast(pl.Float64)
+            finish.append(pl.when(denom > 0).then(hits / denom).alias(d.name))
+
+    part: pl.DataFrame | None = None
+    if selects:
+        sel = ", ".join(f"{sql} AS {name}" for name, sql in selects.items())
+        part = store.query(
+            f"SELECT * EXCLUDE (ts, type) FROM (SELECT event_id, ts, type, {sel} FROM events "
+            f"WHERE {hist_cond} AND {entity} IS NOT NULL) WHERE {tail_where}",
+            hist_params + tail_params,
+        )
+    for f in frames:
+        part = f if part is None else part.join(f, on="event_id", how="full", coalesce=True)
+    return part, finish
+
+
+def _is_new_frame(store: EventStore, d: FeatureDef, hist_cond: str, hist_params: list[Any], tail_where: str,
+                  tail_params: list[Any]) -> pl.DataFrame:
+    """1 when no earlier matching event of the entity had the current ``field`` value in the window."""
+    frame = _frame(f"{d.entity}, {d.field}", d.window_us)
+    return store.query(
+        f"SELECT event_id, CAST(n = 0 AS DOUBLE) AS {d.name} FROM (SELECT event_id, ts, type, "
+        f"{_agg('count(*)', d, frame)} AS n FROM events "
+        f"WHERE {hist_cond} AND {d.entity} IS NOT NULL AND {d.field} IS NOT NULL) WHERE {tail_where}",
+        hist_params + tail_params,
+    )
+
+
+def _label_hits_frame(store: EventStore, d: FeatureDef, hist_cond: str, hist_params: list[Any], tail_where: str,
+                      tail_params: list[Any], until: datetime | None) -> pl.DataFrame:
+    """Per event: matching events of the entity in [t-delay-window, t-delay) with a positive label known before t.
+
+    An event is positive when it, or its order, has a label 1; it is known from the earliest such
+    ``labeled_at``. Positives are rare, so the range join stays small.
+    """
+    lab_cond = "label = 1" + (" AND labeled_at < ?" if until is not None else "")
+    lab_params = [until] if until is not None else []
+    cond = _filter_sql(d)
+    e = d.entity
+    lo, hi = d.window_us + d.delay_us, d.delay_us  # type: ignore[operator]
+    sql = f"""
+        WITH ev AS (SELECT event_id, order_id, ts, type, {e} AS ent, {f'({cond})' if cond else 'TRUE'} AS m
+                    FROM events WHERE {hist_cond} AND {e} IS NOT NULL),
+        el AS (SELECT entity_id, min(labeled_at) AS k FROM labels WHERE entity_kind = 'event' AND {lab_cond} GROUP BY 1),
+        ol AS (SELECT entity_id, min(labeled_at) AS k FROM labels WHERE entity_kind = 'order' AND {lab_cond} GROUP BY 1),
+        pos AS (SELECT ev.ent, ev.ts, least(el.k, ol.k) AS known_at FROM ev
+                LEFT JOIN el ON el.entity_id = ev.event_id LEFT JOIN ol ON ol.entity_id = ev.order_id
+                WHERE ev.m AND (el.k IS NOT NULL OR ol.k IS NOT NULL)),
+        tgt AS (SELECT event_id, ent, ts FROM ev WHERE {tail_where})
+        SELECT tgt.event_id, count(*) AS __hits_{d.name} FROM tgt JOIN pos
+          ON pos.ent = tgt.ent AND pos.ts >= tgt.ts - INTERVAL '{lo} microseconds'
+         AND pos.ts < tgt.ts - INTERVAL '{hi} microseconds' AND pos.known_at < tgt.ts
+        GROUP BY 1
+    """
+    return store.query(sql, hist_params + lab_params + lab_params + tail_params)
+
+
+def _finish(frame: pl.DataFrame, fs: FeatureSet) -> pl.DataFrame:
+    """Derived features, column order and dtypes: numeric Float64, categorical ``pl.Categorical``."""
+    derived = [d for d in fs.definitions if d.kind == "derived"]
+    if derived and frame.height:
+        frame = frame.with_columns(
+            pl.when(pl.col(d.inputs[1]) != 0).then(pl.col(d.inputs[0]) / pl.col(d.inputs[1])).alias(d.name)
+            for d in derived
+        )
+    exprs = [pl.col(k) for k in KEY_COLUMNS]
+    for name in fs.columns:
+        item = fs.get(name)
+        col = pl.col(name) if name in frame.columns else pl.lit(None)
+        exprs.append(col.cast(pl.Utf8).cast(pl.Categorical) if item.categorical else col.cast(pl.Float64))
+        exprs[-1] = exprs[-1].alias(name)
+    return frame.select(exprs)
+

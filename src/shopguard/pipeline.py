@@ -1,0 +1,266 @@
+"""Train, evaluate and score over an event store: the flow behind ``shopguard train / evaluate / score``.
+
+``train`` cuts the store's time span (``evaluation.splits``), computes point-in-time features, fits the
+detector on the early part of the training window, calibrates and chooses the policy thresholds on the
+late (validation) part, evaluates once on the held-out test window after the label-delay gap, and
+writes a ``ModelBundle``. Training only sees labels known at the start of the test window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from shopguard.errors import DataError, ValidationFailed
+from shopguard.evaluation import metrics as M
+from shopguard.evaluation.splits import (
+    SplitConfig,
+    TimeSplit,
+    known_fraud_entities,
+    make_split,
+    remove_known_entities,
+)
+from shopguard.models import DETECTORS, Detector
+from shopguard.models.bundle import ModelBundle
+from shopguard.models.calibration import Calibrator
+from shopguard.store import EventStore
+
+Step = Callable[[str], None]
+UNSUPERVISED_HINT = "iforest, ecod, hbos or baseline"
+
+
+def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
+    """A detector from the registry by CLI name, with hyperparameters."""
+    cls = DETECTORS.get(name)
+    if cls is None:
+        raise ValidationFailed(f"unknown detector {name!r} (choose from {', '.join(sorted(DETECTORS))})",
+                               field="detector", value=name)
+    try:
+        return cls(**(params or {}))
+    except TypeError as exc:
+        raise ValidationFailed(f"bad parameters for {name}: {exc}", field="params", value=params) from exc
+
+
+def _features(store: EventStore, since: datetime | None, until: datetime | None, definitions: Any,
+              types: Sequence[str] | None, step: Step) -> pl.DataFrame:
+    from shopguard.features import compute_features
+
+    return compute_features(store, since=since, until=until, types=types, definitions=definitions, on_step=step)
+
+
+def _targets(store: EventStore, ids: pl.Series, known_before: datetime | None) -> pl.DataFrame:
+    from shopguard.features import event_targets
+
+    return event_targets(store, ids.to_list(), known_before=known_before)
+
+
+def train(
+    store: EventStore,
+    out_dir: str | Path,
+    *,
+    detector: str = "lightgbm",
+    params: dict[str, Any] | None = None,
+    split: SplitConfig | None = None,
+    target_fpr: float = 0.01,
+    alert_rate: float | None = None,
+    types: Sequence[str] | None = None,
+    definitions: Any | None = None,
+    on_step: Step | None = None,
+) -> ModelBundle:
+    """Fit ``detector`` on the store's training window and write a model directory to ``out_dir``."""
+    from shopguard.features import feature_set
+
+    step = on_step or (lambda _m: None)
+    det = make_detector(detector, params)
+    first, last = store.time_range()
+    if first is None or last is None:
+        raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
+    sp = make_split(first, last, split)
+    fs = feature_set(store, definitions, until=sp.train_end)
+    step("features")
+    frame = _features(store, sp.train_start, sp.test_end, fs, types, step)
+    train_rows = frame.filter(pl.col("ts") < sp.train_end)
+    if train_rows.height == 0:
+        raise DataError(f"no events in the training window {sp.train_start} .. {sp.train_end}", field="split")
+    targets = _targets(store, train_rows["event_id"], sp.label_cutoff)
+    y = targets["label"].to_numpy()
+    fit_mask = (train_rows["ts"] < sp.validation_start).to_numpy()
+    if fit_mask.sum() == 0 or (~fit_mask).sum() == 0:
+        fit_mask = np.ones(train_rows.height, dtype=bool)  # too little data for a validation slice
+    if det.supervised:
+        if y[fit_mask].sum() == 0:
+            raise DataError(
+                f"no fraud labels known before {sp.label_cutoff:%Y-%m-%d %H:%M} for the training window: "
+                f"{det.name} is supervised. Ingest labels, or train an unsupervised detector "
+                f"(--detector {UNSUPERVISED_HINT})", field="labels",
+            )
+    columns = fs.columns
+    # Pin the columns to the feature set, so scoring later cannot silently pick up other columns.
+    pinned = {"features": list(columns), "categorical": list(fs.categorical)}
+    given = det.get_params()
+    det.set_params(**{k: v for k, v in pinned.items() if k in given and given[k] is None})
+    step(f"fitting {det.name} on {int(fit_mask.sum()):,} events")
+    X_fit = train_rows.filter(pl.Series(fit_mask))
+    det.fit(X_fit, y[fit_mask] if det.supervised else None)
+    # Calibrate and choose thresholds on the later, unseen validation slice.
+    val = train_rows.filter(pl.Series(~fit_mask)) if (~fit_mask).any() else train_rows
+    y_val = y[~fit_mask] if (~fit_mask).any() else y
+    step("calibrating")
+    s_val = det.score(val)
+    cal = Calibrator().fit(s_val, y_val if y_val.sum() > 0 else None)
+    p_val = cal.transform(s_val)
+    from shopguard.decision.policy import Policy
+
+    policy = Policy.choose(p_val, y_val if y_val.sum() > 0 else None, target_fpr=target_fpr, alert_rate=alert_rate,
+                           probability_kind="probability" if cal.is_probability else "percentile")
+    bundle = ModelBundle(
+        detector=det, calibrator=cal, policy=policy, feature_set=fs, columns=list(columns),
+        categorical=list(fs.categorical), split=sp.to_dict(),
+        info={"train_events": int(X_fit.height), "train_positives": int(y[fit_mask].sum()),
+              "validation_events": int(val.height), "validation_positives": int(y_val.sum()),
+              "types": list(types) if types else None, "label_cutoff": sp.label_cutoff.isoformat()},
+    )
+    metrics: dict[str, Any] = {}
+    if y_val.sum() > 0 and (y_val == 0).any():
+        metrics["validation"] = M.summary(y_val, s_val)
+    test_rows = frame.filter(pl.col("ts") >= sp.test_start)
+    if test_rows.height:
+        step("evaluating on the test window")
+        metrics["test"] = evaluate_frame(store, bundle, test_rows)
+    bundle.metrics = metrics
+    bundle.save(out_dir)
+    return bundle
+
+
+def evaluate_frame(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame, *, k: int = 100,
+                   max_fpr: float = 0.01, remove_known: bool = True) -> dict[str, Any]:
+    """Metrics of ``bundle`` on feature rows: eventual labels, known-fraud users removed per day."""
+    before = rows.height
+    if remove_known:
+        rows = drop_known_fraud(store, rows)
+    if rows.height == 0:
+        return {"events": 0, "removed_known_fraud_events": before}
+    targets = _targets(store, rows["event_id"], None)
+    y = targets["label"].to_numpy()
+    scores = bundle.score(rows)
+    probs = bundle.calibrator.transform(scores)
+    days = rows["ts"].dt.date().cast(pl.Utf8).to_numpy()
+    users = rows["user_id"].cast(pl.Utf8).fill_null("").to_numpy()
+    out = M.summary(y, scores, days=days, entities=users, scenarios=targets["scenario"].to_list(), k=k,
+                    max_fpr=max_fpr)
+    # The operating threshold lives on the probability scale: confusion and scenario recall use it there.
+    thr = bundle.policy.operating_threshold
+    out["threshold"] = thr
+    out["confusion"] = M.confusion_at(y, probs, thr)
+    c = out["confusion"]
+    out["precision_at_threshold"] = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else float("nan")
+    out["recall_at_threshold"] = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
+    at_thr = M.scenario_recall(targets["scenario"].to_list(), y, probs, thr)
+    for name, v in out.get("scenarios", {}).items():
+        v["recall_at_threshold"] = at_thr.get(name, {}).get("recall", float("nan"))
+    out["removed_known_fraud_events"] = before - rows.height
+    out["window"] = {"start": rows["ts"].min().isoformat(), "end": rows["ts"].max().isoformat()}
+    return out
+
+
+def drop_known_fraud(store: EventStore, rows: pl.DataFrame, entity_col: str = "user_id") -> pl.DataFrame:
+    """Rows minus those whose user was known fraudulent (label known) before the row's day started."""
+    labels = store.labels()
+    if labels.height == 0:
+        return rows
+    ev = store.query("SELECT event_id, user_id FROM events WHERE event_id IN "
+                     "(SELECT entity_id FROM labels WHERE entity_kind = 'event' AND label = 1)")
+    return remove_known_entities(rows, known_fraud_entities(labels, ev, entity_col), (entity_col,))
+
+
+def evaluation_data(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Labels, scores and scenarios of evaluated rows (for the report's plots)."""
+    targets = _targets(store, rows["event_id"], None)
+    return {"y": targets["label"].to_numpy(), "scores": bundle.score(rows),
+            "scenarios": np.asarray(targets["scenario"].fill_null("").to_list(), dtype=object)}
+
+
+def evaluate(
+    store: EventStore,
+    model_dirs: str | Path | Sequence[str | Path],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    json_path: str | Path | None = None,
+    html_path: str | Path | None = None,
+    k: int = 100,
+    on_step: Step | None = None,
+) -> dict[str, Any]:
+    """Evaluate one or more model directories on a window (default: the first model's test window).
+
+    Returns the report dict (``{"models": [...], "window": ...}``) and writes JSON / HTML when asked.
+    """
+    from shopguard.evaluation.report import build_report, write_html, write_json
+
+    step = on_step or (lambda _m: None)
+    dirs = [model_dirs] if isinstance(model_dirs, str | Path) else list(model_dirs)
+    if not dirs:
+        raise ValidationFailed("name at least one model directory", field="model")
+    bundles = [ModelBundle.load(d) for d in dirs]
+    split = bundles[0].split
+    start = since or (datetime.fromisoformat(split["test_start"]) if split.get("test_start") else None)
+    end = until or (datetime.fromisoformat(split["test_end"]) if split.get("test_end") else None)
+    results = []
+    cache: dict[tuple[Any, ...], pl.DataFrame] = {}  # models sharing a feature set share one computation
+    for b in bundles:
+        step(f"features for {b.model_version}")
+        types = b.info.get("types")
+        key = (b.feature_set.version if b.feature_set is not None else None, tuple(types or ()))
+        if key not in cache:
+            cache[key] = _features(store, start, end, b.feature_set, types, step)
+        rows = cache[key]
+        if rows.height == 0:
+            raise DataError(f"no events to evaluate between {start} and {end}", field="since")
+        before = rows.height
+        kept = drop_known_fraud(store, rows)
+        step(f"scoring {kept.height:,} events")
+        m = evaluate_frame(store, b, kept, k=k, remove_known=False)
+        m["removed_known_fraud_events"] = before - kept.height
+        results.append({"model_version": b.model_version, "detector": b.detector.name,
+                        "supervised": b.detector.supervised, "metrics": m,
+                        "policy": b.policy.model_dump(mode="json"), "split": b.split,
+                        "data": evaluation_data(store, b, kept) if kept.height else None})
+    report = build_report(results, window={"start": start.isoformat() if start else None,
+                                           "end": end.isoformat() if end else None}, db=store.path)
+    if json_path:
+        write_json(report, json_path)
+    if html_path:
+        write_html(report, results, html_path)
+    return report
+
+
+def score_events(
+    store: EventStore,
+    model_dir: str | Path,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    top_reasons: int = 3,
+    on_step: Step | None = None,
+) -> int:
+    """Decide every event with ``since <= ts < until`` and write the decisions; returns how many were new."""
+    bundle = ModelBundle.load(model_dir)
+    types = bundle.info.get("types")
+    step = on_step or (lambda _m: None)
+    rows = _features(store, since, until, bundle.feature_set, types, step)
+    written = 0
+    chunk = 50_000
+    for i in range(0, rows.height, chunk):
+        part = rows[i:i + chunk]
+        step(f"deciding {i + part.height:,}/{rows.height:,}")
+        decisions = bundle.decide(part, top_reasons=top_reasons)
+        written += store.append_decisions([d.to_record() for d in decisions])
+    return written
+
+
+__all__ = ["TimeSplit", "evaluate", "evaluate_frame", "make_detector", "score_events", "train"]
