@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
 from shopguard.models.text.review import COMPONENTS, ReviewRiskDetector
 
@@ -55,7 +56,8 @@ console = Console()
 def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     pred = (p >= 0.5).astype(int)
     return {"accuracy": float(accuracy_score(y, pred)), "f1": float(f1_score(y, pred)),
-            "roc_auc": float(roc_auc_score(y, p)), "n": int(len(y))}
+            "roc_auc": float(roc_auc_score(y, p)), "average_precision": float(average_precision_score(y, p)),
+            "n": int(len(y))}
 
 
 def run_op_spam(args: argparse.Namespace, models: str, fold_arg: str, stage: str = "") -> list[dict]:
@@ -162,8 +164,9 @@ def run_sim(args: argparse.Namespace) -> list[dict]:
     train_labels = labels.filter(pl.col("labeled_at") < cut_ts)
     rows: list[dict] = []
     text_det = ReviewRiskDetector(components=("ngram", "use"), seed=args.seed)
-    y_train = event_labels(reviews.filter(pl.Series(train_mask)), train_labels)
-    text_det.fit(reviews.filter(pl.Series(train_mask)), y_train)
+    # Reviews of the last 7 days before the cut may be fake but not yet taken down: not known negatives.
+    settled = reviews.filter(pl.col("ts") < cut_ts - timedelta(days=7))
+    text_det.fit(settled, event_labels(settled, train_labels))
     test = reviews.filter(~pl.Series(train_mask))
     y_test = y[~train_mask]
     text_scores = text_det.score(test)
@@ -194,7 +197,8 @@ def _sim_chats(events, labels, cut_ts) -> list[dict]:  # type: ignore[no-untyped
     from shopguard.models.text.scoring import event_labels
 
     chats = events.filter(pl.col("type") == "chat").sort("ts", "event_id")
-    train, test = chats.filter(pl.col("ts") < cut_ts), chats.filter(pl.col("ts") >= cut_ts)
+    train = chats.filter(pl.col("ts") < cut_ts - timedelta(days=7))  # labels of the last week not settled
+    test = chats.filter(pl.col("ts") >= cut_ts)
     y_train = event_labels(train, labels.filter(pl.col("labeled_at") < cut_ts))
     y_test = event_labels(test, labels)
     texts = test["text"].fill_null("").to_list()
@@ -216,13 +220,13 @@ def _sim_chats(events, labels, cut_ts) -> list[dict]:  # type: ignore[no-untyped
 
 def print_table(rows: list[dict]) -> None:
     table = Table(title="Fake-review text models (held-out folds)")
-    for col in ("dataset", "model", "accuracy", "F1", "ROC-AUC", "acc vs n-gram", "n"):
+    for col in ("dataset", "model", "accuracy", "F1", "ROC-AUC", "AP", "acc vs n-gram", "n"):
         table.add_column(col, justify="left" if col in ("dataset", "model") else "right")
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         style = "dim" if r.get("published") else None
         table.add_row(r["dataset"], r["model"] + (" (published)" if r.get("published") else ""),
-                      fmt(r.get("accuracy")), fmt(r.get("f1")), fmt(r.get("roc_auc")),
+                      fmt(r.get("accuracy")), fmt(r.get("f1")), fmt(r.get("roc_auc")), fmt(r.get("average_precision")),
                       fmt(r.get("accuracy_vs_ngram")), str(r.get("n", "")), style=style)
     console.print(table)
 

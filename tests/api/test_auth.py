@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.api.conftest import Service, event, make_keys, serve_in_thread
 
 from shopguard.api import ServiceSettings
-from tests.api.conftest import Service, event, make_keys, serve_in_thread
 
 ROUTES = [("POST", "/v1/events"), ("GET", "/v1/decisions/x"), ("POST", "/v1/labels"), ("GET", "/v1/users/u/timeline"),
           ("GET", "/v1/cases"), ("POST", "/v1/cases/x/resolve"), ("GET", "/metrics"), ("POST", "/v1/keys"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.api.conftest import Service, event
 
 DECISION_KEYS = {"event_id", "score", "probability", "risk_level", "action", "reasons", "rule_hits", "model_version",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.api.conftest import REPO, event, free_port, make_keys
 
 from shopguard.store import EventStore
-from tests.api.conftest import REPO, event, free_port, make_keys
 
 
 def _start(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
+from tests.api.conftest import Service, event
 
 from shopguard.models.registry import ModelRegistry
-from tests.api.conftest import Service, event
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_policy_is_typed() -> None:
     with pytest.raises(ValidationError, match="medium <= high <= critical"):
         Policy(medium=0.6, high=0.5, critical=0.9)
     with pytest.raises(ValidationError):
-        Policy(high=1.5)
+        Policy(high=-0.1)
     with pytest.raises(ValidationError):
         Policy(surprise=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="no action"):

@@ -94,6 +94,12 @@ def make_log(seed: int = 0, bursts: int = 160, days: int = 45) -> tuple[list[dic
     return events, labels
 
 
+@pytest.fixture
+def log_factory() -> Any:
+    """``make_log`` itself, for tests that want another seed or density."""
+    return make_log
+
+
 @pytest.fixture(scope="module")
 def log() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return make_log(seed=3)

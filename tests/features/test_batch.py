@@ -196,6 +196,13 @@ def test_empty_and_bad_requests(store: EventStore) -> None:
     assert df.height == 0 and df.columns[:4] == list(KEY_COLUMNS)
     with pytest.raises(DataError, match="types"):
         compute_features(store, types=[])
+    with pytest.raises(DataError) as exc:
+        compute_features(store, types=["purchase"])
+    assert exc.value.field == "types" and "purchase" in exc.value.message
+    with pytest.raises(DataError) as exc:
+        compute_features(store, since="last tuesday")
+    assert exc.value.field == "since"
+    assert compute_features(store, since="2024-01-01T00:00:00Z").height == 0
 
 
 def test_derived_ratio_missing_when_divisor_is_zero(store: EventStore) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydantic
 import polars as pl
+import pydantic
 import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings

@@ -129,3 +129,17 @@ def test_key_columns_are_not_features() -> None:
     out = eng.update({"ts": "2024-01-01T00:00:00", "user_id": "u", "type": "view"})
     assert not set(KEY_COLUMNS) & set(out)
     assert out["user_events_1h"] == 0.0 and out["device_users_1d"] is None and out["event_type"] == "view"
+
+
+def test_parity_on_a_dense_log_with_many_ties(store: EventStore, log_factory: Any) -> None:
+    """A second seed, squeezed into a few days: most windows are full and many events share a ts."""
+    events, labels = log_factory(seed=11, bursts=90, days=6)
+    store.append_events(events)
+    store.append_labels(pl.DataFrame(labels))
+    fs = feature_set(store)
+    batch = compute_features(store, definitions=fs)
+    engine = OnlineFeatureEngine(fs)
+    engine.add_labels(store.labels())
+    online = [engine.update(r) for r in store.events().iter_rows(named=True)]
+    assert mismatches(online, batch) == []
+    assert batch["user_events_10m"].max() >= 5

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from shopguard.errors import ModelError, NotFound
-from shopguard.models.registry import MANIFEST, ModelRegistry, is_registry, read_manifest, verify, write_manifest
+from shopguard.models.registry import (
+    MANIFEST,
+    ModelRegistry,
+    is_registry,
+    read_manifest,
+    verify,
+    write_manifest,
+)
 
 
 def _model_dir(root: Path, name: str, payload: str = "weights") -> Path:

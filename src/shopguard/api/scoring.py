@@ -1,10 +1,12 @@
 """The in-process decision engine: event -> store -> online features -> model score -> rules -> decision.
 
-One ``DecisionEngine`` owns the service's state (online features, the model slot, the rules) and is
-used by the HTTP routes and by the benchmark directly. Deciding is serialised under one lock (online
-features are order dependent); storing goes through ``StoreWriter``, one thread that commits whatever
-decisions are waiting in ONE transaction (group commit), so many concurrent requests share an fsync
-while each answer still waits for its own commit: a 2xx is only sent for a durably stored event.
+One ``DecisionEngine`` owns the service's state (online features, the model slot, the rules, the
+account-link graph) and is used by the HTTP routes and by the benchmark directly. Deciding is
+serialised under one lock (online features are order dependent) and a request's events are scored by
+the model in one pass. Storing goes through ``StoreWriter``: one thread appends whatever decisions are
+waiting to an fsync-ed journal in one write (group commit), so concurrent requests share an fsync while
+each answer still waits for its own: a 2xx is only sent for a durably stored event. The journal is
+written into DuckDB in larger transactions off the request path and replayed after a crash.
 
 Idempotency: an ``event_id`` seen before is answered with its original decision (from memory, from
 the in-flight commit it is waiting on, or from the store) and is not learnt by the features again.
@@ -28,10 +30,10 @@ from typing import Any
 
 import orjson
 
-from shopguard.decision.cases import RISK_LEVELS, RISK_RANK, WebhookDispatcher, case_for, should_open
+from shopguard.decision.cases import RISK_RANK, WebhookDispatcher, case_for, should_open
 from shopguard.decision.rules import SEVERITY, ReloadingRules, RuleResult
 from shopguard.errors import ModelError, ShopguardError, ValidationFailed
-from shopguard.events.schema import COLUMN_NAMES, parse_event
+from shopguard.events.schema import parse_event
 from shopguard.models import registry as reg
 from shopguard.store import EventStore
 
@@ -836,5 +838,4 @@ def _public(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["DecisionEngine", "LoadedModel", "ModelSlot", "StoreWriter", "Unavailable", "RISK_LEVELS",
-           "COLUMN_NAMES"]
+__all__ = ["DecisionEngine", "LoadedModel", "ModelOutput", "ModelSlot", "StoreWriter", "Unavailable"]

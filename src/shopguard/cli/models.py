@@ -38,12 +38,14 @@ def list_(registry: RegistryOption = None,
         out.print_json(json.dumps(versions, default=str))
         return
     t = Table(title="Models")
-    for c in ("", "version", "created", "detector", "feature set", "training window", "metrics"):
-        t.add_column(c)
+    for c in ("", "version", "created", "detector", "feature set", "training window", "test metrics"):
+        t.add_column(c, overflow="fold")
     for v in versions:
         win = v["training_window"] or {}
-        metrics = ", ".join(f"{k}={x:.3f}" if isinstance(x, float) else f"{k}={x}"
-                            for k, x in list((v["metrics"] or {}).items())[:4])
+        m = v["metrics"] or {}
+        m = m.get("test") or m.get("validation") or m  # bundles nest metrics per split: show the test ones
+        metrics = ", ".join(f"{k}={m[k]:.3f}" for k in ("roc_auc", "average_precision", "precision_at_k")
+                            if isinstance(m.get(k), int | float))
         t.add_row("*" if v["current"] else "", v["version"], str(v["created_at"] or ""), str(v["detector"] or ""),
                   str(v["feature_set_version"] or ""), f"{win.get('start', '')} .. {win.get('end', '')}", metrics)
     out.print(t)

@@ -50,7 +50,7 @@ def backtest(
     t = Table(title=f"Backtest of {rules} over {report['events']:,} events, {report['days']:.1f} days "
                     f"({report['positives']:,} labelled abusive)")
     for c in ("rule", "action", "hits", "true pos.", "precision", "recall", "alerts/day"):
-        t.add_column(c, justify="left" if c in ("rule", "action") else "right")
+        t.add_column(c, justify="left" if c in ("rule", "action") else "right", overflow="fold")
     for r in report["rules"]:
         t.add_row(r["rule"], r["action"], f"{r['hits']:,}", f"{r['true_positives']:,}",
                   "-" if r["precision"] is None else f"{r['precision']:.3f}",

@@ -40,6 +40,14 @@ def serve(
         webhooks=webhook or [], rate_limit_per_s=rate_limit, rate_limit_burst=max(rate_limit * 2, 1.0),
         max_body_bytes=max_body_bytes, auth=not no_auth, pseudonym_key=get_settings().pseudonym_key,
     )
+    # Fail fast with one clear line on what can be checked before the server starts.
+    from shopguard.decision.rules import RuleSet
+    from shopguard.errors import NotFound
+
+    if model is not None and not model.exists():
+        raise NotFound(f"model path {model} does not exist", field="model", value=str(model))
+    if rules is not None:
+        RuleSet.load(rules)
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
         console.print("[bold red]error:[/] --no-auth is only allowed on a loopback address")
         raise typer.Exit(2)

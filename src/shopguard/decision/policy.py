@@ -52,9 +52,10 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    medium: float = Field(0.1, ge=0.0, le=1.0, description="Probability from which an event is medium risk.")
-    high: float = Field(0.5, ge=0.0, le=1.0, description="Operating threshold: high risk from here.")
-    critical: float = Field(0.9, ge=0.0, le=1.0, description="Probability from which an event is critical.")
+    # A threshold above 1 is never reached: that level is switched off.
+    medium: float = Field(0.1, ge=0.0, description="Probability from which an event is medium risk.")
+    high: float = Field(0.5, ge=0.0, description="Operating threshold: high risk from here.")
+    critical: float = Field(0.9, ge=0.0, description="Probability from which an event is critical.")
     actions: dict[RiskLevel, Action] = Field(default_factory=_default_actions)
     objective: Literal["manual", "target_fpr", "alert_budget"] = "manual"
     target_fpr: float | None = Field(None, gt=0.0, lt=1.0)
@@ -158,9 +159,9 @@ def _threshold_for_rate(values: np.ndarray, rate: float) -> float:
     s = np.sort(values)[::-1]
     allowed = int(np.floor(rate * s.size + 1e-9))
     if allowed >= s.size:
-        return float(min(1.0, max(0.0, s[-1])))
-    t = float(np.nextafter(s[allowed], np.inf))
-    return float(min(1.0, max(0.0, t)))
+        return float(max(0.0, s[-1]))
+    # Just above the first value that must not be flagged (may exceed 1: then nothing is flagged).
+    return float(max(0.0, np.nextafter(s[allowed], np.inf)))
 
 
 class Decision(BaseModel):

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from shopguard.errors import DataError
+from shopguard.events.schema import EVENT_TYPES, to_utc_naive
 from shopguard.features.definitions import (
     KEY_COLUMNS,
     AttrFeature,
@@ -214,7 +215,7 @@ def _text_kind(store: EventStore, key: str, where: str, params: list[Any]) -> st
     raw = f"json_extract_string(attrs, {_json_path(key)})"
     row = store.query(
         f"SELECT count(*) AS n, count(TRY_CAST(v AS DOUBLE)) AS num, count(TRY_CAST(v AS TIMESTAMPTZ)) AS tsn "
-        f"FROM (SELECT {raw} AS v FROM events WHERE {where} AND {raw} IS NOT NULL LIMIT 2000)",
+        f"FROM (SELECT {raw} AS v FROM events WHERE {where} AND {raw} IS NOT NULL ORDER BY ts, event_id LIMIT 2000)",
         params,
     ).row(0)
     n, num, tsn = row
@@ -253,8 +254,13 @@ def compute_features(
     default definitions plus attrs discovered in the store; pass a model's pinned ``FeatureSet`` to
     reproduce its columns exactly.
     """
-    fs = feature_set(store, definitions, until=until)
+    since, until = _as_time(since, "since"), _as_time(until, "until")
     types = list(types) if types is not None else None
+    for t in types or ():
+        if t not in EVENT_TYPES:
+            raise DataError(f"types: unknown event type {t!r} (allowed: {', '.join(EVENT_TYPES)})",
+                            field="types", value=t)
+    fs = feature_set(store, definitions, until=until)
     step = on_step or (lambda _msg: None)
 
     # Rows to output, with current-event and attrs features.
@@ -320,6 +326,16 @@ def compute_features(
     if finishers:
         frame = frame.with_columns(finishers)
     return _finish(frame, fs)
+
+
+def _as_time(value: Any, name: str) -> datetime | None:
+    """Accept datetimes, ISO strings or epoch seconds for since/until; naive UTC like the store."""
+    if value is None:
+        return None
+    try:
+        return to_utc_naive(value, name)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}", field=name, value=value) from None
 
 
 def _horizon_us(d: FeatureDef) -> int | None:

@@ -365,7 +365,7 @@ class RingIndex:
                                 shared[k].add(ev[k])
             fraud = sum(1 for u in members if u in self._known_fraud)
             share = fraud / len(members)
-            strong = sum(kinds[k] for k in STATIC_KINDS) / max(sum(kinds.values()), 1)
+            strong = sum(kinds.get(k, 0) for k in STATIC_KINDS) / max(sum(kinds.values()), 1)
             risk = math.log2(len(members)) * (1 + 3 * share) * (1 + strong)
             scored.append((risk, root, members, dict(kinds), {k: sorted(v) for k, v in shared.items()}, fraud, n_links))
         best = heapq.nlargest(top, scored, key=lambda t: (t[0], len(t[2]), t[1]))

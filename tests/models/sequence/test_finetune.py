@@ -107,9 +107,13 @@ def test_detectors_follow_the_contract(pretrained_dir: Path, split, tmp_path: Pa
     assert whole.shape == (test.height,)
     sub = sur.score(SequenceInput(test, targets))
     order = {e: i for i, e in enumerate(test["event_id"])}
-    np.testing.assert_allclose(sub, whole[[order[t] for t in targets]], rtol=1e-5)
+    np.testing.assert_allclose(sub, whole[[order[t] for t in targets]], rtol=1e-4, atol=1e-4)
     with pytest.raises(DataError, match="Polars frame"):
         sur.score([1, 2, 3])
+    sur.save(tmp_path / "sur")
+    np.testing.assert_allclose(load_detector(tmp_path / "sur").score(SequenceInput(test, targets)), sub, atol=1e-4)
+    raw = SequenceSurpriseDetector(pretrained=str(pretrained_dir), normalize=False).fit(train)
+    assert not np.allclose(raw.score(SequenceInput(test, targets)), sub)
 
 
 def test_sequence_embeddings_keyed_by_event_id(pretrained: FoundationModel, toy_log: pl.DataFrame) -> None:

@@ -117,3 +117,13 @@ def test_tokens_always_in_vocab(rows: list[tuple[float, int, str]]) -> None:
     sizes = tok.vocab_sizes
     for i, f in enumerate(FIELDS):
         assert ((out[:, i] >= NONE) & (out[:, i] < sizes[f])).all(), f
+
+
+def test_online_encoding_accepts_iso_time_and_rejects_garbage(fitted: EventTokenizer) -> None:
+    state = UserState()
+    a, _ = fitted.encode_one({"type": "login", "ts": "2024-01-01T10:00:00Z", "user_id": "u"}, state)
+    b, _ = fitted.encode_one({"type": "login", "ts": datetime(2024, 1, 1, 10), "user_id": "u"}, state)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError) as err:
+        fitted.encode_one({"type": "login", "ts": "yesterday"}, state)
+    assert err.value.field == "ts"

@@ -9,13 +9,15 @@ Inputs (``X``) for every sequence detector, one score per *target* event, in ord
 - a ``SequenceBatch`` already built with this detector's model (``det.model_.build(...)``).
 
 ``SequenceSurpriseDetector`` (unsupervised): negative log-likelihood of the event given its history
-(all token fields, or the ``fields`` given, e.g. ``BEHAVIOUR_FIELDS``).
+(all token fields, or the ``fields`` given, e.g. ``BEHAVIOUR_FIELDS``), standardised per event type on
+the fit events (``normalize=True``).
 ``SequenceClassifierDetector`` (supervised): pretrain (or load a pretrained model), then fine-tune
 (``full`` / ``lora`` / ``frozen``). ``sequence_embeddings`` gives hybrid features for LightGBM.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +124,11 @@ class SequenceSurpriseDetector(_SequenceDetector):
     supervised = False
 
     def __init__(self, pretrained: str | None = None, config: str = "tiny", max_len: int | None = None,
-                 pretrain_epochs: int = 3, fields: list[str] | None = None, seed: int = 7,
+                 pretrain_epochs: int = 3, fields: list[str] | None = None, normalize: bool = True, seed: int = 7,
                  num_threads: int | None = None) -> None:
         self.pretrained = pretrained
         self.fields = fields
+        self.normalize = normalize
         self.config = config
         self.max_len = max_len
         self.pretrain_epochs = pretrain_epochs
@@ -134,11 +137,53 @@ class SequenceSurpriseDetector(_SequenceDetector):
 
     def fit(self, X: Any, y: Any = None) -> Self:
         self.model_ = self._pretrained_or_new(X)
+        self.type_stats_: dict[int, tuple[float, float]] = {}
+        if self.normalize:
+            batch = as_batch(self.model_, X)
+            self.type_stats_ = fit_type_stats(self.model_.surprise(batch, fields=self.fields), batch)
         return self
 
     def score(self, X: Any) -> np.ndarray:
         self.check_fitted()
-        return self.model_.surprise(as_batch(self.model_, X), fields=self.fields).astype(np.float64)
+        batch = as_batch(self.model_, X)
+        s = self.model_.surprise(batch, fields=self.fields).astype(np.float64)
+        return apply_type_stats(s, batch, self.type_stats_) if self.normalize else s
+
+    def _save_state(self, folder: Path) -> None:
+        super()._save_state(folder)
+        (folder / "type_stats.json").write_text(json.dumps({str(k): v for k, v in self.type_stats_.items()}))
+
+    def _load_state(self, folder: Path) -> None:
+        super()._load_state(folder)
+        path = folder / "type_stats.json"
+        raw = json.loads(path.read_text()) if path.exists() else {}
+        self.type_stats_ = {int(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
+
+
+GLOBAL = -1
+
+
+def fit_type_stats(scores: np.ndarray, batch: SequenceBatch) -> dict[int, tuple[float, float]]:
+    """Mean and spread of the surprise per event type (and overall, key -1) on unlabeled events.
+
+    Some kinds of event are always less predictable than others (an add-to-cart names one item of a
+    whole catalogue, a login names nothing): standardising per type makes "unusual for a login" and
+    "unusual for a payment" comparable. No label is used.
+    """
+    types = batch.tokens[:, -1, 0]
+    stats = {GLOBAL: (float(np.mean(scores)), float(np.std(scores)) or 1.0)}
+    for t in np.unique(types):
+        v = scores[types == t]
+        if v.size >= 20:
+            stats[int(t)] = (float(np.mean(v)), max(float(np.std(v)), 1e-6))
+    return stats
+
+
+def apply_type_stats(scores: np.ndarray, batch: SequenceBatch, stats: dict[int, tuple[float, float]]) -> np.ndarray:
+    types = batch.tokens[:, -1, 0]
+    mu = np.array([stats.get(int(t), stats[GLOBAL])[0] for t in types])
+    sd = np.array([stats.get(int(t), stats[GLOBAL])[1] for t in types])
+    return (scores - mu) / sd
 
 
 class SequenceClassifierDetector(_SequenceDetector):

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from shopguard.errors import DataError, ModelError
-from shopguard.events.schema import EVENT_TYPES
+from shopguard.events.schema import EVENT_TYPES, to_utc_naive
 from shopguard.models.sequence.config import TokenizerConfig
 
 PAD, MASK, BOS, NONE, UNK = 0, 1, 2, 3, 4
@@ -204,9 +204,7 @@ class EventTokenizer:
         self._check()
         assert self.categories_ is not None and self.statuses_ is not None and self.amount_edges_ is not None
         cfg = self.config
-        ts = record.get("ts")
-        if not isinstance(ts, datetime):
-            raise DataError(f"ts: expected a datetime, got {ts!r}", field="ts", value=ts)
+        ts = _record_ts(record)
         out: dict[str, int] = {}
         etype = record.get("type")
         out["type"] = OFFSET + EVENT_TYPES.index(etype) if etype in EVENT_TYPES else (NONE if etype is None else UNK)
@@ -234,7 +232,7 @@ class EventTokenizer:
     @staticmethod
     def state_update(record: dict[str, Any], state: UserState) -> None:
         """Learn one event into its user's state (after it was scored)."""
-        state.last_ts = record["ts"]
+        state.last_ts = _record_ts(record)
         for raw in NOVELTY:
             v = record.get(raw)
             if v is not None:
@@ -308,6 +306,17 @@ def _map(series: pl.Series, fn: Any) -> np.ndarray:
     if not mapping:
         return np.full(series.len(), NONE, dtype=np.int64)
     return series.replace_strict(mapping, default=NONE, return_dtype=pl.Int64).fill_null(NONE).to_numpy()
+
+
+def _record_ts(record: dict[str, Any]) -> datetime:
+    """The record's ``ts`` as naive UTC (datetimes as they are; ISO strings and epoch seconds parsed)."""
+    ts = record.get("ts")
+    if isinstance(ts, datetime) and ts.tzinfo is None:
+        return ts
+    try:
+        return to_utc_naive(ts)
+    except ValueError as exc:
+        raise DataError(f"ts: {exc}", field="ts", value=ts) from None
 
 
 def _one(value: Any, fn: Any) -> int:

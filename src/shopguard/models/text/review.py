@@ -135,7 +135,7 @@ class ReviewRiskDetector(Detector):
                             f"{np.bincount(labels, minlength=2).tolist()}", field="y")
         n = len(texts)
         is_en = np.array([lang == "en" for lang in langs])
-        en_ok = is_en.sum() >= self.min_english and len(np.unique(labels[is_en])) == 2
+        en_ok = is_en.sum() >= self.min_english and np.bincount(labels[is_en], minlength=2).min() >= 2
         active = [c for c in comps if c not in ENGLISH_ONLY or en_ok]
         self.skipped_ = [c for c in comps if c not in active]
         if not active:

@@ -6,7 +6,8 @@ behind the detector contract, over a frame of store events:
 - ``fit(events, labels)``: ``events`` holds the store's columns (history included: signups, orders,
   earlier reviews); ``labels`` the store's label rows. A review or chat event is positive when it has
   an ``entity_kind='event'`` label 1 known before ``known_before`` (every other one is a negative, as in
-  event-level evaluation). Reviews are split by time: the text detector learns from the earlier
+  event-level evaluation); events in the last ``label_delay_days`` before ``known_before`` are left out
+  of training because their labels may not have arrived yet. Reviews are split by time: the text detector learns from the earlier
   ``1 - fusion_holdout`` share, a logistic fusion of its score with the context signals from the later
   share (so the fusion sees honest, out-of-sample text scores), then the text detector is refitted on
   all labelled reviews.
@@ -22,7 +23,7 @@ labels the chat detector runs on its lexicon and prototypes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -70,8 +71,10 @@ class TextEventDetector(Detector):
     supervised: ClassVar[bool] = False  # works unsupervised; uses labels where they exist
 
     def __init__(self, review_components: Sequence[str] = ("ngram", "use"), fusion_holdout: float = 0.3,
-                 context: dict[str, Any] | None = None, min_positives: int = 10, seed: int = 0) -> None:
+                 context: dict[str, Any] | None = None, min_positives: int = 10, label_delay_days: float = 7.0,
+                 seed: int = 0) -> None:
         self.review_components = review_components
+        self.label_delay_days = label_delay_days
         self.fusion_holdout = fusion_holdout
         self.context = context
         self.min_positives = min_positives
@@ -99,7 +102,12 @@ class TextEventDetector(Detector):
                                    field="y")
         cfg = self._context_config()
         # -- reviews: text detector + context fusion -----------------------------------------------------
-        reviews = events.filter(pl.col("type") == "review").sort("ts", "event_id")
+        settled = pl.lit(True)
+        if known_before is not None:
+            # Labels arrive days late (take-downs, chargebacks): recent events without a label yet are not
+            # known negatives, so they stay out of training (the Handbook's delay gap).
+            settled = pl.col("ts") < known_before - timedelta(days=self.label_delay_days)
+        reviews = events.filter((pl.col("type") == "review") & settled).sort("ts", "event_id")
         reviews = reviews.filter(pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != ""))
         yr = event_labels(reviews, labels, known_before=known_before)
         self.review_model_: ReviewRiskDetector | None = None
@@ -117,7 +125,7 @@ class TextEventDetector(Detector):
                 self.fusion_ = LogisticRegression(C=1.0, max_iter=2000).fit(feats, yr[late])
             self.review_model_ = self._new_review_model().fit(reviews, yr)
         # -- chats ------------------------------------------------------------------------------------
-        chats = events.filter((pl.col("type") == "chat") & pl.col("text").is_not_null())
+        chats = events.filter((pl.col("type") == "chat") & pl.col("text").is_not_null() & settled)
         yc = event_labels(chats, labels, known_before=known_before)
         self.fit_info_.update(chats=chats.height, chat_positives=int(yc.sum()))
         chat_labels = yc if 0 < yc.sum() < len(yc) and yc.sum() >= 3 else None
@@ -226,8 +234,6 @@ def score_text_events(store: Any, model: TextEventDetector, *, since: datetime |
                       until: datetime | None = None, history_days: float = 30.0) -> pl.DataFrame:
     """Score review and chat events in ``[since, until)`` of a store, with ``history_days`` of
     history before ``since`` for context (duplicates, bursts, account age)."""
-    from datetime import timedelta
-
     start = since - timedelta(days=history_days) if since is not None else None
     events = store.events(since=start, until=until)
     return model.score_events(events, since=since)
