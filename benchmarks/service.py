@@ -125,7 +125,9 @@ def in_process(db: Path, model: Path | None, rules: Path, live: list[dict[str, A
         from shopguard.models.sequence.export import IncrementalScorer
 
         seq = IncrementalScorer(sequence)
-    engine = DecisionEngine(store, rules=ReloadingRules(rules), model=slot, sequence=seq)
+    # As the service runs it: acknowledged after an fsync-ed journal append, DuckDB written behind.
+    engine = DecisionEngine(store, rules=ReloadingRules(rules), model=slot, sequence=seq,
+                            journal=Path(f"{db}.journal"))
     t = time.perf_counter()
     engine.start()
     start_s = time.perf_counter() - t

@@ -100,3 +100,25 @@ def test_bundle_manifest_is_kept(registry: ModelRegistry, tmp_path: Path) -> Non
     v = registry.register(src)
     assert read_manifest(v.path)["model_version"] == "lgbm-1"
     assert v.summary()["model_version"] == "lgbm-1"
+
+
+def test_cli_register_promote_list_rollback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shopguard.cli.main import app
+
+    runner = CliRunner()
+    root = tmp_path / "models"
+    for name in ("a", "b"):
+        res = runner.invoke(app, ["models", "register", str(_model_dir(tmp_path, name, name)), "--registry", str(root),
+                                  "--promote"])
+        assert res.exit_code == 0, res.output
+    listed = runner.invoke(app, ["models", "list", "--registry", str(root), "--json"])
+    rows = json.loads(listed.stdout)
+    assert [r["version"] for r in rows if r["current"]] == ["v0002"]
+    assert runner.invoke(app, ["models", "rollback", "--registry", str(root)]).exit_code == 0
+    assert ModelRegistry(root).current_version() == "v0001"
+    (root / "v0002" / "policy.json").write_text("{}")
+    res = runner.invoke(app, ["models", "promote", "v0002", "--registry", str(root)])
+    assert res.exit_code == 2 and "checksum" in res.output
+    assert ModelRegistry(root).current_version() == "v0001"

@@ -26,6 +26,9 @@ def serve(
     webhook: Annotated[list[str] | None, typer.Option("--webhook", help="URL receiving new cases (repeatable).")] = None,
     rate_limit: Annotated[float, typer.Option("--rate-limit", help="Requests per second per API key.")] = 2_000.0,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body.")] = 1_048_576,
+    journal_fsync: Annotated[bool, typer.Option("--journal-fsync/--no-journal-fsync",
+                                                help="fsync the journal before answering (off: survives a "
+                                                     "process crash, not a power cut).")] = True,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without keys (local benchmarks only).")] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
@@ -38,7 +41,7 @@ def serve(
     settings = ServiceSettings(
         db=db_path(db), model=model, rules=rules, sequence_model=sequence_model, case_risk_level=case_risk_level,  # type: ignore[arg-type]
         webhooks=webhook or [], rate_limit_per_s=rate_limit, rate_limit_burst=max(rate_limit * 2, 1.0),
-        max_body_bytes=max_body_bytes, auth=not no_auth, pseudonym_key=get_settings().pseudonym_key,
+        max_body_bytes=max_body_bytes, auth=not no_auth, journal_fsync=journal_fsync, pseudonym_key=get_settings().pseudonym_key,
     )
     # Fail fast with one clear line on what can be checked before the server starts.
     from shopguard.decision.rules import RuleSet

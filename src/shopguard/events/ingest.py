@@ -389,7 +389,7 @@ def _chunks(mapping: SourceMapping, chunk_rows: int) -> Iterator[tuple[pl.DataFr
 def _text(s: pl.Series) -> pl.Series:
     """Any column as trimmed text; integral floats print as integers (ids read as floats stay ids)."""
     if s.dtype == pl.Utf8:
-        return s.str.strip_chars()
+        return s.str.strip_chars(WHITESPACE)
     if s.dtype == pl.Boolean:
         return s.cast(pl.Utf8)
     if s.dtype.is_float():
@@ -402,6 +402,10 @@ def _text(s: pl.Series) -> pl.Series:
         return s.cast(pl.Utf8)
     except pl.exceptions.PolarsError:
         return pl.Series(s.name, [None if v is None else str(v) for v in s.to_list()], dtype=pl.Utf8)
+
+
+# Every character Python's str.strip() removes (Polars' default set misses e.g. \x1c..\x1f).
+WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
 
 
 def _blank_to_null(s: pl.Series) -> pl.Series:
@@ -456,7 +460,7 @@ def parse_times(s: pl.Series, spec: TimeSpec | None) -> tuple[pl.Series, pl.Seri
     spec = spec or TimeSpec()
     name = s.name
     if s.dtype == pl.Utf8:
-        s = _blank_to_null(s.str.strip_chars())
+        s = _blank_to_null(s.str.strip_chars(WHITESPACE))
     present = s.is_not_null()
     dtype = s.dtype
     if isinstance(dtype, pl.Datetime):
@@ -636,7 +640,7 @@ def _build_events(raw: pl.DataFrame, spec: EventSpec, ctx: _Ctx) -> _Built:
             cols[name], failed[name] = s, fail
         elif kind in ("float", "int"):
             if src.dtype == pl.Utf8 or src.dtype == pl.Null:
-                text = _blank_to_null(src.cast(pl.Utf8).str.strip_chars())
+                text = _blank_to_null(src.cast(pl.Utf8).str.strip_chars(WHITESPACE))
                 num = text.cast(pl.Float64, strict=False)
                 fail = text.is_not_null() & num.is_null()
                 flag(fail, name, text, "not a number")

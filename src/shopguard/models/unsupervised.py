@@ -113,7 +113,7 @@ class ECODDetector(_PyODDetector):
 
     name: ClassVar[str] = "ecod"
 
-    def __init__(self, *, max_train_rows: int | None = 50_000, features: list[str] | None = None,
+    def __init__(self, *, max_train_rows: int | None = 20_000, features: list[str] | None = None,
                  categorical: list[str] | None = None, random_state: int = 0) -> None:
         self.max_train_rows = max_train_rows
         self.features = features

@@ -63,7 +63,8 @@ LEXICON: tuple[Pattern, ...] = (
     Pattern("refund_abuse", r"\b(box|package|parcel) was empty|empty (box|package|parcel)", 0.5),
     Pattern("refund_abuse", r"\bfull refund|refund (me )?(now|immediately|right now)|want my money back", 0.35),
     Pattern("refund_abuse", r"dispute the charge|charge ?back|file a dispute|call my bank", 0.45),
-    Pattern("refund_abuse", r"没(有)?收到|未收到|根本没(有)?(到|送到)|什么都没送到", 0.45),
+    # "还没收到" (not here *yet*) is a where-is-my-order question, not a claim
+    Pattern("refund_abuse", r"(?<!还)没(有)?收到|(?<!还)未收到|根本没(有)?(到|送到)|什么都没送到", 0.45),
     Pattern("refund_abuse", r"显示(已)?签收|签收了但", 0.55),
     Pattern("refund_abuse", r"空盒|空包裹", 0.5),
     Pattern("refund_abuse", r"全额退款|马上退款|立即退款|立刻退款", 0.35),
@@ -154,7 +155,7 @@ class ChatRiskDetector(Detector):
     name: ClassVar[str] = "chat_text"
     supervised: ClassVar[bool] = False  # works without labels; learns from them when given
 
-    def __init__(self, encoder: str = "use", proto_low: float = 0.4, proto_high: float = 0.75,
+    def __init__(self, encoder: str = "use", proto_low: float = 0.5, proto_high: float = 0.8,
                  C: float = 1.0, seed: int = 0) -> None:
         self.encoder = encoder
         self.proto_low = proto_low
