@@ -6,7 +6,8 @@ Rows per dataset (time split: train window, label-delay gap, test window; metric
 - ``seq_full``: tiny transformer pretrained on the unlabeled events before the test window, fully
   fine-tuned; ``seq_lora`` / ``seq_frozen_head``: LoRA and frozen encoder + head (trainable
   parameters and training time in the table);
-- ``hybrid``: LightGBM on the features + the pretrained embeddings, and LightGBM on the features + the
+- ``hybrid``: LightGBM on the features + the per-field surprise (unsupervised), on the features + the
+  pretrained embeddings, and LightGBM on the features + the
   fine-tuned transformer's score cross-fitted over users (no label leaks into LightGBM's training rows);
 - ``frozen_emb_lgbm``: LightGBM on the *pretrained* (not fine-tuned) embeddings alone;
 - ``surprise`` vs ``iforest``: unsupervised; NLL of the event given its history vs Isolation Forest
@@ -58,7 +59,7 @@ from shopguard.models.sequence.export import IncrementalScorer, export_onnx
 from shopguard.models.sequence.finetune import FineTunedModel, finetune
 from shopguard.models.sequence.network import FoundationModel
 from shopguard.models.sequence.pretrain import pretrain
-from shopguard.models.sequence.tokenizer import EventTokenizer
+from shopguard.models.sequence.tokenizer import FIELDS, EventTokenizer
 from shopguard.models.unsupervised import IsolationForestDetector
 from shopguard.store import EventStore
 
@@ -266,6 +267,17 @@ def run_dataset(d: Data, args: argparse.Namespace) -> list[dict[str, Any]]:
         if frac < 1 and lg_part["label"].sum() >= 2:
             det = LightGBMDetector(n_jobs=args.threads).fit(feature_frame(lg_part), lg_part["label"].to_numpy())
             add(f"lightgbm_{tag}", det.score(feature_frame(d.test)), labels_frac=frac)
+
+    # Hybrid 0: features + the per-field surprise of the event (unsupervised: no label leaks).
+    def with_surprise(frame: pl.DataFrame, batch: Any) -> pl.DataFrame:
+        fs = pre.field_surprise(batch)
+        cols = {f"surprise_{f}": pl.Series(fs[:, i]) for i, f in enumerate(FIELDS)}
+        return feature_frame(frame).with_columns(surprise_total=pl.Series(fs.sum(axis=1)), **cols)
+
+    t0 = time.perf_counter()
+    hs = LightGBMDetector(n_jobs=args.threads).fit(with_surprise(d.train, train_batch), y_train)
+    add("hybrid (features + per-field surprise)", hs.score(with_surprise(d.test, test_batch)),
+        train_s=time.perf_counter() - t0, labels_frac=1.0)
 
     # Hybrid 1: features + the pretrained (frozen) embeddings: no label has touched them, no leakage.
     t0 = time.perf_counter()

@@ -122,7 +122,7 @@ def supervised(A: sp.csr_matrix, X: np.ndarray, y: np.ndarray, seeds: int, train
         # Baseline: plain LightGBM, early stopping on a validation part of the train split.
         fit_i, val_i = train_test_split(tr, test_size=0.25, stratify=y[tr], random_state=s)
         clf = lgb.LGBMClassifier(n_estimators=2000, learning_rate=0.05, verbose=-1, random_state=s, n_jobs=2)
-        clf.fit(X[fit_i], y[fit_i], eval_set=[(X[val_i], y[val_i])],
+        clf.fit(X[fit_i], y[fit_i], eval_X=(X[val_i],), eval_y=(y[val_i],),
                 callbacks=[lgb.early_stopping(100, verbose=False)])
         p = clf.predict_proba(X[te])[:, 1]
         thr = _best_threshold(y[val_i], clf.predict_proba(X[val_i])[:, 1])

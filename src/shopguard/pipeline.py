@@ -195,8 +195,12 @@ def evaluate(
     html_path: str | Path | None = None,
     k: int = 100,
     on_step: Step | None = None,
+    extra_results: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Evaluate one or more model directories on a window (default: the first model's test window).
+
+    ``extra_results`` are results computed elsewhere on the same window (e.g. the foundation model's
+    surprise score from ``surprise_result``): they join the report and its plots.
 
     Returns the report dict (``{"models": [...], "window": ...}``) and writes JSON / HTML when asked.
     """
@@ -230,6 +234,7 @@ def evaluate(
                         "supervised": b.detector.supervised, "metrics": m,
                         "policy": b.policy.model_dump(mode="json"), "split": b.split,
                         "data": evaluation_data(store, b, kept) if kept.height else None})
+    results.extend(extra_results)
     report = build_report(results, window={"start": start.isoformat() if start else None,
                                            "end": end.isoformat() if end else None}, db=store.path)
     if json_path:
@@ -264,3 +269,59 @@ def score_events(
 
 
 __all__ = ["TimeSplit", "evaluate", "evaluate_frame", "make_detector", "score_events", "train"]
+
+
+def surprise_result(
+    store: EventStore,
+    split: dict[str, Any],
+    *,
+    out_dir: str | Path,
+    epochs: int = 1,
+    max_sequences: int | None = 20_000,
+    k: int = 100,
+    on_step: Step | None = None,
+) -> dict[str, Any]:
+    """Pretrain the behaviour foundation model on the training window (no labels) and evaluate its
+    unsupervised surprise score on the test window, as one more entry for ``evaluate(extra_results=...)``.
+
+    Same protocol as the tabular models: pretraining sees only events before ``train_end``, the test
+    window is ``[test_start, test_end)`` with users known fraudulent before each day removed, and the
+    score of an event uses only that user's earlier events.
+    """
+    from shopguard.models.sequence.config import PretrainConfig
+    from shopguard.models.sequence.pretrain import pretrain
+    from shopguard.models.sequence.detectors import BEHAVIOUR_FIELDS, SequenceInput, SequenceSurpriseDetector
+
+    step = on_step or (lambda _m: None)
+    train_start = datetime.fromisoformat(split["train_start"]) if split.get("train_start") else None
+    train_end = datetime.fromisoformat(split["train_end"])
+    test_start, test_end = datetime.fromisoformat(split["test_start"]), datetime.fromisoformat(split["test_end"])
+    step("pretraining on unlabeled training events")
+    history = store.events(since=train_start, until=train_end)
+    if history.height == 0:
+        raise DataError(f"no events to pretrain on before {train_end}", field="split")
+    config = PretrainConfig(epochs=epochs, max_sequences=max_sequences)
+    pretrain(history, config=config, out_dir=out_dir)
+    # Surprise over behaviour fields (what a user does, how much, from where), normalised per event
+    # type on the latest training events so that rare-but-normal types do not dominate.
+    detector = SequenceSurpriseDetector(pretrained=str(out_dir), fields=list(BEHAVIOUR_FIELDS))
+    detector.fit(SequenceInput(history, history["event_id"].tail(20_000)))
+    step("surprise of test events")
+    events = store.events(until=test_end)  # history before the test window is context, never a target
+    rows = events.filter(pl.col("ts") >= test_start).select("event_id", "ts", "user_id")
+    before = rows.height
+    rows = drop_known_fraud(store, rows)
+    scores = detector.score(SequenceInput(events, rows["event_id"]))
+    targets = _targets(store, rows["event_id"], None)
+    y = targets["label"].to_numpy()
+    scenarios = targets["scenario"].to_list()
+    metrics = M.summary(
+        y, scores, days=rows["ts"].dt.date().cast(pl.Utf8).to_numpy(),
+        entities=rows["user_id"].cast(pl.Utf8).fill_null("").to_numpy(), scenarios=scenarios, k=k,
+    )
+    metrics["removed_known_fraud_events"] = before - rows.height
+    return {
+        "model_version": "foundation-surprise", "detector": "foundation_surprise", "supervised": False,
+        "metrics": metrics, "policy": {}, "split": split,
+        "data": {"y": y, "scores": scores, "scenarios": np.asarray([s or "" for s in scenarios], dtype=object)},
+    }

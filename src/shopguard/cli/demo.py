@@ -58,11 +58,13 @@ def demo(
             console.print(f"using the {store.count_events():,} events already in {store_path} (--fresh to rebuild)")
         _print_stats(store.stats())
         model_dirs = _train_all(store, models_dir, delay_days=delay_days, test_days=test_days)
+        extra = []
         if foundation:
-            fm_dir = _foundation(store, models_dir, delay_days=delay_days, test_days=test_days)
-            if fm_dir is not None:
-                model_dirs.append(fm_dir)
-        report = _evaluate(store, model_dirs, reports_dir)
+            from shopguard.models.bundle import ModelBundle
+
+            fm = _foundation(store, models_dir, ModelBundle.load(model_dirs[0]).split)
+            extra = [fm] if fm is not None else []
+        report = _evaluate(store, model_dirs, reports_dir, extra)
     _print_scenarios(report)
     elapsed = time.perf_counter() - started
     out.print(f"\n[bold green]done[/] in {elapsed / 60:.1f} min. Report: {reports_dir / 'report.html'}")
@@ -126,29 +128,29 @@ def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: fl
     return dirs
 
 
-def _foundation(store: Any, models_dir: Path, *, delay_days: float, test_days: float) -> Path | None:
-    """Pretrain the tiny behaviour foundation model and wrap its surprise score as a model directory."""
+def _foundation(store: Any, models_dir: Path, split: dict[str, Any]) -> dict[str, Any] | None:
+    """Pretrain the tiny behaviour foundation model (no labels) and evaluate its surprise score."""
     try:
-        from shopguard.models.sequence.demo import train_surprise_model
+        import torch  # noqa: F401
+
+        from shopguard.pipeline import surprise_result
     except ImportError:  # the deep extra is not installed
         console.print("[yellow]foundation model skipped:[/] install the 'deep' extra (torch)")
         return None
-    target = models_dir / "foundation-surprise"
     with progress() as prog:
         task = prog.add_task("pretraining the behaviour foundation model", total=None)
-        train_surprise_model(store, target, delay_days=delay_days, test_days=test_days,
-                             on_step=lambda m: prog.update(task, description=f"foundation model: {m}"))
-    return target
+        return surprise_result(store, split, out_dir=models_dir / "foundation",
+                               on_step=lambda m: prog.update(task, description=f"foundation model: {m}"))
 
 
-def _evaluate(store: Any, model_dirs: list[Path], reports_dir: Path) -> dict[str, Any]:
+def _evaluate(store: Any, model_dirs: list[Path], reports_dir: Path, extra: list[dict[str, Any]]) -> dict[str, Any]:
     from shopguard.pipeline import evaluate
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     with progress() as prog:
         task = prog.add_task("evaluating", total=None)
         return evaluate(store, model_dirs, json_path=reports_dir / "report.json",
-                        html_path=reports_dir / "report.html",
+                        html_path=reports_dir / "report.html", extra_results=extra,
                         on_step=lambda m: prog.update(task, description=f"evaluating: {m}"))
 
 

@@ -332,7 +332,8 @@ class GraphSAGEDetector(Detector):
         adj.data[:] = 1.0
         deg = np.asarray(adj.sum(axis=1)).ravel()
         norm = (sp.diags(1.0 / np.maximum(deg, 1.0)) @ adj).tocoo()
-        a = torch.sparse_coo_tensor(np.vstack([norm.row, norm.col]), norm.data.astype(np.float32), norm.shape)
+        a = torch.sparse_coo_tensor(np.vstack([norm.row, norm.col]), norm.data.astype(np.float32), norm.shape,
+                                    check_invariants=True)
         return x, a.coalesce(), mean, std
 
     def _net(self, d: int) -> Any:

@@ -15,6 +15,7 @@ from shopguard.models.sequence.detectors import (
     SequenceInput,
     SequenceSurpriseDetector,
     sequence_embeddings,
+    surprise_features,
 )
 from shopguard.models.sequence.finetune import FineTunedModel, finetune
 from shopguard.models.sequence.network import FoundationModel
@@ -122,3 +123,13 @@ def test_sequence_embeddings_keyed_by_event_id(pretrained: FoundationModel, toy_
     assert emb["event_id"].to_list() == ids
     assert emb.width == 1 + pretrained.config.d_model
     np.testing.assert_allclose(emb.row(0)[1:], emb.row(2)[1:])
+
+
+def test_surprise_features_keyed_by_event_id(pretrained: FoundationModel, toy_log: pl.DataFrame) -> None:
+    ids = ["u2e3", "u1e0"]
+    feats = surprise_features(pretrained, toy_log, ids)
+    assert feats["event_id"].to_list() == ids
+    parts = feats.drop("event_id", "surprise_total").to_numpy().sum(axis=1)
+    np.testing.assert_allclose(parts, feats["surprise_total"].to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(feats["surprise_total"].to_numpy(), pretrained.surprise(pretrained.build(toy_log, ids)),
+                               rtol=1e-4)

@@ -94,5 +94,6 @@ def test_surprise_over_chosen_fields(pretrained: FoundationModel, toy_log: pl.Da
     part = pretrained.surprise(b, fields=BEHAVIOUR_FIELDS)
     rest = pretrained.surprise(b, fields=[f for f in pretrained.tokenizer.vocab_sizes if f not in BEHAVIOUR_FIELDS])
     np.testing.assert_allclose(part + rest, total, rtol=1e-4)
+    np.testing.assert_allclose(pretrained.field_surprise(b).sum(axis=1), total, rtol=1e-4)
     with pytest.raises(ModelError, match="unknown token field"):
         pretrained.surprise(b, fields=["nope"])

@@ -17,7 +17,7 @@ _EXPORTS = {
     "pretrain": "pretrain", "PretrainResult": "pretrain",
     "finetune": "finetune", "FineTunedModel": "finetune", "FinetuneResult": "finetune",
     "SequenceInput": "detectors", "SequenceSurpriseDetector": "detectors", "SequenceClassifierDetector": "detectors",
-    "sequence_embeddings": "detectors", "SEQUENCE_DETECTORS": "detectors", "BEHAVIOUR_FIELDS": "detectors",
+    "sequence_embeddings": "detectors", "surprise_features": "detectors", "SEQUENCE_DETECTORS": "detectors", "BEHAVIOUR_FIELDS": "detectors",
     "export_onnx": "export", "OnnxScorer": "export", "IncrementalScorer": "export",
 }
 __all__ = sorted(_EXPORTS)

@@ -240,6 +240,11 @@ class FoundationModel:
         w = field_weights(fields)
         return self._batched(batch, lambda n, t, d: n.surprise(t, d, None if w is None else w.to(t.device)), **kw)
 
+    def field_surprise(self, batch: SequenceBatch, **kw: Any) -> np.ndarray:
+        """Per-field NLL (B, F) of each target event given its history (columns in ``FIELDS`` order)."""
+        out = self._batched(batch, lambda n, t, d: n.field_surprise(t, d), **kw)
+        return out.reshape(len(batch), len(FIELDS))
+
     def embeddings(self, batch: SequenceBatch, **kw: Any) -> np.ndarray:
         out = self._batched(batch, lambda n, t, d: n.embed(t, d), **kw)
         return out.reshape(len(batch), self.config.d_model)

@@ -18,7 +18,7 @@ the neutral logit 0 on other languages, so the stacker falls back to the multili
 
 >>> det = ReviewRiskDetector(components=("ngram",), stack_folds=2)
 >>> texts = ["best hotel ever!!! amazing amazing", "room was fine, a bit noisy at night"] * 6
->>> det.fit(texts, [1, 0] * 6).score(["amazing amazing best hotel"])[0] > 0.5
+>>> bool(det.fit(texts, [1, 0] * 6).score(["amazing amazing best hotel"])[0] > 0.5)
 True
 """
 
