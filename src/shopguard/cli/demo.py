@@ -22,6 +22,8 @@ from shopguard.errors import DataError
 DEFAULT_HOME = Path("shopguard-data")
 SUPERVISED = ("lightgbm",)
 UNSUPERVISED = ("iforest", "ecod", "baseline")
+SHORT_NAMES = {"lightgbm": "LightGBM", "iforest": "IForest", "ecod": "ECOD", "hbos": "HBOS",
+               "baseline": "UserBase", "foundation_surprise": "FM"}
 
 
 def register(app: typer.Typer) -> None:
@@ -101,6 +103,7 @@ def _print_stats(stats: dict[str, Any]) -> None:
         if row["entity_kind"] == "event" and row["positive"]:
             t.add_row(row["scenario"], f"{row['positive']:,}")
     out.print(t)
+    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's surprise score.")
 
 
 def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: float) -> list[Path]:
@@ -166,8 +169,8 @@ def _print_scenarios(report: dict[str, Any]) -> None:
     t.add_column("scenario", no_wrap=True)
     t.add_column("pos.", justify="right")
     for m in models:
-        kind = "supervised" if m["supervised"] else "unsupervised"
-        t.add_column(f"{m['detector']}\n{kind}", justify="right")
+        name = SHORT_NAMES.get(m["detector"], m["detector"])
+        t.add_column(f"{name}\n{'sup.' if m['supervised'] else 'unsup.'}", justify="right")
     scenarios = sorted({s for m in models for s in (m["metrics"].get("scenarios") or {})})
     for s in scenarios:
         first = next(m["metrics"]["scenarios"][s] for m in models if s in (m["metrics"].get("scenarios") or {}))
@@ -178,3 +181,4 @@ def _print_scenarios(report: dict[str, Any]) -> None:
                        ("recall_at_1pct_fpr", "all: recall@1%FPR")):
         t.add_row(label, "", *[_fmt(m["metrics"].get(key)) for m in models])
     out.print(t)
+    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's surprise score.")

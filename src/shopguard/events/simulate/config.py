@@ -39,7 +39,7 @@ class ScenarioRates(BaseModel):
     bot_ordering: float = Field(0.07, ge=0, description="Limited-item drops hit by bots per 1,000 user-days.")
     refund_abuse: float = Field(0.005, ge=0, le=0.2, description="Share of users who abuse refunds.")
     coupon_abuse: float = Field(0.12, ge=0, description="Multi-account coupon farms per 1,000 user-days.")
-    fake_review: float = Field(0.15, ge=0, description="Paid or malicious review bursts per 1,000 user-days.")
+    fake_review: float = Field(0.3, ge=0, description="Paid or malicious review bursts per 1,000 user-days.")
     price_anomaly: float = Field(
         1.2, ge=0, description="Anomalous merchant price changes per 1,000 user-days."
     )
