@@ -289,8 +289,8 @@ def surprise_result(
     score of an event uses only that user's earlier events.
     """
     from shopguard.models.sequence.config import PretrainConfig
-    from shopguard.models.sequence.pretrain import pretrain
     from shopguard.models.sequence.detectors import BEHAVIOUR_FIELDS, SequenceInput, SequenceSurpriseDetector
+    from shopguard.models.sequence.pretrain import pretrain
 
     step = on_step or (lambda _m: None)
     train_start = datetime.fromisoformat(split["train_start"]) if split.get("train_start") else None

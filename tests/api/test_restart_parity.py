@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
+from tests.api.conftest import event
 
 from shopguard.api.scoring import DecisionEngine
 from shopguard.store import EventStore
-from tests.api.conftest import event
 
 
 def _stream() -> list[dict]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from shopguard.errors import DataError, ShopguardError
 from shopguard.events.schema import COLUMN_NAMES, COLUMNS, to_utc_naive
-from shopguard.store.migrations import LATEST_VERSION, MIGRATIONS
+from shopguard.store.migrations import MIGRATIONS
 
 LABEL_COLUMNS = ("entity_kind", "entity_id", "label", "scenario", "labeled_at", "source")
 ENTITY_KINDS = ("event", "order", "user", "merchant", "device", "ip", "payment_instrument", "item", "review")
@@ -108,25 +108,12 @@ class EventStore:
         table = _events_to_arrow(events)
         if table.num_rows == 0:
             return 0
-        with self._lock:
-            self.con.register("_incoming", table)
-            try:
-                self.con.execute("BEGIN TRANSACTION")
-                before = self._count("events")
-                cols = ", ".join(COLUMN_NAMES)
-                # DISTINCT ON drops duplicates inside the batch; ON CONFLICT those already stored.
-                self.con.execute(
-                    f"INSERT INTO events ({cols}) SELECT DISTINCT ON (event_id) {cols} FROM _incoming "
-                    "ON CONFLICT DO NOTHING"
-                )
-                added = self._count("events") - before
-                self.con.execute("COMMIT")
-            except Exception:
-                self.con.execute("ROLLBACK")
-                raise
-            finally:
-                self.con.unregister("_incoming")
-        return added
+        cols = ", ".join(COLUMN_NAMES)
+        # DISTINCT ON drops duplicates inside the batch; ON CONFLICT those already stored.
+        return self._insert_new(
+            "events", table,
+            f"INSERT INTO events ({cols}) SELECT DISTINCT ON (event_id) {cols} FROM _incoming ON CONFLICT DO NOTHING",
+        )
 
     def append_labels(self, labels: pl.DataFrame | Sequence[dict[str, Any]], *, replace: bool = False) -> int:
         """Insert labels; an existing (entity_kind, entity_id, scenario) is kept unless ``replace``."""
@@ -159,21 +146,10 @@ class EventStore:
             "ON CONFLICT DO UPDATE SET label = excluded.label, labeled_at = excluded.labeled_at, "
             "source = excluded.source" if replace else "ON CONFLICT DO NOTHING"
         )
-        with self._lock:
-            self.con.register("_labels", df.to_arrow())
-            try:
-                self.con.execute("BEGIN TRANSACTION")
-                before = self._count("labels")
-                self.con.execute(
-                    f"INSERT INTO labels SELECT DISTINCT ON (entity_kind, entity_id, scenario) * FROM _labels {conflict}"
-                )
-                added = self._count("labels") - before
-                self.con.execute("COMMIT")
-            except Exception:
-                self.con.execute("ROLLBACK")
-                raise
-            finally:
-                self.con.unregister("_labels")
+        added = self._insert_new(
+            "labels", df.to_arrow(),
+            f"INSERT INTO labels SELECT DISTINCT ON (entity_kind, entity_id, scenario) * FROM _incoming {conflict}",
+        )
         return added if not replace else df.height
 
     def append_decisions(self, decisions: pl.DataFrame | Sequence[dict[str, Any]]) -> int:
@@ -183,17 +159,28 @@ class EventStore:
             return 0
         cols = [c for c in ("event_id", "decided_at", "score", "probability", "risk_level", "action", "reasons",
                             "rule_hits", "model_version", "latency_ms") if c in df.columns]
+        names = ", ".join(cols)
+        return self._insert_new(
+            "decisions", df.select(cols).to_arrow(),
+            f"INSERT INTO decisions ({names}) SELECT DISTINCT ON (event_id) {names} FROM _incoming ON CONFLICT DO NOTHING",
+        )
+
+    def _insert_new(self, table_name: str, incoming: pa.Table, sql: str) -> int:
+        """Run ``sql`` (reading the registered ``_incoming``) in one transaction; returns rows added."""
         with self._lock:
-            self.con.register("_decisions", df.select(cols).to_arrow())
+            self.con.register("_incoming", incoming)
             try:
-                before = self._count("decisions")
-                self.con.execute(
-                    f"INSERT INTO decisions ({', '.join(cols)}) SELECT DISTINCT ON (event_id) {', '.join(cols)} "
-                    "FROM _decisions ON CONFLICT DO NOTHING"
-                )
-                return self._count("decisions") - before
+                self.con.execute("BEGIN TRANSACTION")
+                before = self._count(table_name)
+                self.con.execute(sql)
+                added = self._count(table_name) - before
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
             finally:
-                self.con.unregister("_decisions")
+                self.con.unregister("_incoming")
+        return added
 
     def append_decided(
         self,
