@@ -55,3 +55,17 @@ def test_needs_both_classes_and_labels() -> None:
         LightGBMDetector().fit(X)
     with pytest.raises(ValidationFailed, match="labels for"):
         LightGBMDetector().fit(X, np.zeros(10))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])  # row-by-row encoding (service) and vectorised encoding agree
+def test_score_and_explain_in_one_pass_matches_score(rows: int) -> None:
+    X, y = _frame(1500)
+    det = LightGBMDetector(n_estimators=50).fit(X[:1000], y[:1000])
+    part = X[1000:1000 + rows]
+    scores, contrib = det.score_and_explain(part)
+    np.testing.assert_allclose(scores, det.score(part), rtol=1e-9, atol=1e-12)
+    assert contrib.columns == det.feature_names_ and contrib.height == rows
+    # small frames take the row-by-row path: same matrix as the vectorised one
+    big = det.encoder_.lgb_matrix(X[1000:1100])
+    np.testing.assert_array_equal(np.isnan(det.encoder_.lgb_matrix(part)), np.isnan(big[:rows]))
+    np.testing.assert_allclose(np.nan_to_num(det.encoder_.lgb_matrix(part)), np.nan_to_num(big[:rows]))

@@ -86,12 +86,18 @@ class ModelBundle:
         if "event_id" not in frame.columns:
             raise ModelError("decide() needs the event_id column in the feature frame", field="event_id")
         t0 = time.perf_counter()
-        scores = self.detector.score(frame)
+        contrib = None
+        both = getattr(self.detector, "score_and_explain", None)
+        if top_reasons > 0 and frame.height and both is not None:
+            scores, contrib = both(frame)
+        else:
+            scores = self.detector.score(frame)
         probs = self.calibrator.transform(scores)
         levels = self.policy.levels(probs)
         reasons: list[list[Reason]] = [[] for _ in range(frame.height)]
         if top_reasons > 0 and frame.height:
-            contrib = self.detector.explain(frame)
+            if contrib is None:
+                contrib = self.detector.explain(frame)
             if contrib is not None:
                 reasons = reasons_from_contributions(contrib, frame, self.feature_set, top=top_reasons)
         latency = (time.perf_counter() - t0) * 1000 / max(frame.height, 1)
