@@ -62,6 +62,21 @@ FEATURES = (
     "merchant_tx_delayed_1d", "merchant_tx_delayed_7d", "merchant_tx_delayed_30d",
     "merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d",
 )
+# Richer terminal and customer-spending features (all declarative FeatureDefs in DEFAULT_FEATURES).
+FEATURES_EXT = FEATURES + (
+    "user_amount_zscore_7d", "user_amount_ratio_7d", "user_amount_std_30d", "user_spend_shift_7d_30d",
+    "user_new_merchant", "user_merchants_30d",
+    "merchant_tx_7d", "merchant_tx_30d", "merchant_amount_mean_7d", "merchant_amount_mean_30d",
+    "merchant_amount_zscore_30d", "merchant_amount_ratio_7d", "merchant_users_7d", "merchant_activity_shift_1d_30d",
+    "merchant_tx_delayed_14d", "merchant_risk_14d",
+)
+# LightGBM settings tried on the validation split (never on the test days); the best AP there is used.
+LGB_GRID: dict[str, dict[str, Any]] = {
+    "default": {},
+    "slow": {"learning_rate": 0.02, "n_estimators": 2000, "min_child_samples": 50},
+    "slow-small": {"learning_rate": 0.02, "n_estimators": 2000, "num_leaves": 15, "min_child_samples": 100},
+    "slow-large": {"learning_rate": 0.02, "n_estimators": 2000, "num_leaves": 63, "min_child_samples": 20},
+}
 # The Handbook's own 15 features, mapped onto ours (weekend and night derived from weekday and hour).
 HANDBOOK_FEATURES = (
     "amount", "is_weekend", "is_night", "user_tx_1d", "user_tx_7d", "user_tx_30d", "user_amount_mean_1d",
@@ -140,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-days", type=int, default=56, help="training days of the second row set")
     ap.add_argument("--workdir", type=Path, help="folder for the temporary store (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=2, help="threads for LightGBM")
+    ap.add_argument("--skip-long", action="store_true", help="only the 7-day window (quicker iterations)")
+    ap.add_argument("--seeds", type=int, default=5, help="LightGBM seeds bagged in the tuned model")
+    ap.add_argument("--cache", type=Path, help="parquet of the feature frame: reused when it exists, else written")
     ap.add_argument("--unsupervised", default="iforest,ecod,hbos,baseline",
                     help="comma-separated unsupervised detectors to run on the 7-day window ('' for none)")
     args = ap.parse_args(argv)
@@ -162,10 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     store = build_store(args.data, store_path, load_from, split7.test_end)
     con.print(f"loaded {store.count_events():,} payments {load_from:%Y-%m-%d} .. {split7.test_end:%Y-%m-%d} "
               f"in {time.perf_counter() - t0:.1f} s")
-    fs = FeatureSet(tuple(d for d in DEFAULT_FEATURES if d.name in FEATURES))
+    fs = FeatureSet(tuple(d for d in DEFAULT_FEATURES if d.name in FEATURES_EXT))
     t0 = time.perf_counter()
-    frame = compute_features(store, since=long_start, until=split7.test_end, types=["pay"], definitions=fs)
-    frame = handbook_columns(frame)
+    if args.cache and args.cache.exists():
+        frame = pl.read_parquet(args.cache)
+    else:
+        frame = compute_features(store, since=long_start, until=split7.test_end, types=["pay"], definitions=fs)
+        frame = handbook_columns(frame)
+        if args.cache:
+            frame.write_parquet(args.cache)
     feat_s = time.perf_counter() - t0
     con.print(f"computed {len(fs.columns)} point-in-time features for {frame.height:,} payments in {feat_s:.1f} s")
     labels = store.labels()
@@ -182,11 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     con.print(f"test: {test.height:,} payments ({n_before - test.height:,} of known-compromised customers removed), "
               f"{int(y_test.sum())} frauds")
 
+    # Validation split for choosing settings: the same protocol one test-window earlier (train 07-11..07-17,
+    # test 07-25..07-31), whose labels are all known (labeled_at <= 08-07) when the real model is trained.
+    shift = timedelta(days=TEST_DAYS + DELAY_DAYS)
+    v_train_end, v_test_start, v_test_end = (split7.train_end - shift, split7.test_start - shift,
+                                             split7.test_end - shift)
+    v_test = frame.filter((pl.col("ts") >= v_test_start) & (pl.col("ts") < v_test_end))
+    v_known = known_fraud_entities(labels, ev.filter(pl.col("ts") >= TRAIN_START - shift).select("event_id", "user_id"))
+    v_test = remove_known_entities(v_test, v_known, ("user_id",))
+    v_y = v_test["_y"].to_numpy()
+
+    def validate(model: Any, features: tuple[str, ...]) -> float:
+        tr = frame.filter((pl.col("ts") >= v_train_end - timedelta(days=7)) & (pl.col("ts") < v_train_end))
+        model.fit(tr.select("event_id", "ts", "user_id", *features), tr["_y"].to_numpy())
+        return M.average_precision(v_y, model.score(v_test.select("event_id", "ts", "user_id", *features)))
+
     def run(label: str, train_days: int, model: Any, features: tuple[str, ...] | None) -> dict[str, Any]:
         start = split7.train_end - timedelta(days=train_days)
         tr = frame.filter((pl.col("ts") >= start) & (pl.col("ts") < split7.train_end))
         y = tr["_y"].to_numpy()
-        cols = list(features) if features else fs.columns
+        cols = list(features) if features else list(FEATURES)
         t = time.perf_counter()
         if getattr(model, "supervised", True):
             model.fit(tr.select("event_id", "ts", "user_id", *cols), y)
@@ -205,13 +243,27 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     lgb = DETECTORS["lightgbm"]
-    for days in (7, args.long_days):
+    con.print(f"validation split: train {v_train_end - timedelta(days=7):%Y-%m-%d} .. {v_train_end:%Y-%m-%d}, "
+              f"test {v_test_start:%Y-%m-%d} .. {v_test_end:%Y-%m-%d} ({v_test.height:,} payments, {int(v_y.sum())} frauds)")
+    choices = []
+    for fname, feats in (("shopguard", FEATURES), ("shopguard+terminal", FEATURES_EXT)):
+        for gname, params in LGB_GRID.items():
+            v_ap = validate(lgb(n_jobs=args.threads, features=list(feats), **params), feats)
+            con.print(f"  validation AP {v_ap:.3f}: {fname} features, {gname} settings")
+            choices.append((v_ap, fname, feats, gname, params))
+    v_best = max(choices, key=lambda c: c[0])
+    con.print(f"chosen on validation: {v_best[1]} features, {v_best[3]} settings (AP {v_best[0]:.3f}), "
+              f"{args.seeds} seeds bagged")
+    for days in (7,) if args.skip_long else (7, args.long_days):
         base = run("logistic regression, Handbook features (same-run baseline)", days,
                    LogisticBaseline(HANDBOOK_FEATURES), HANDBOOK_FEATURES)
         rows.append(base)
         rows.append(run("LightGBM, Handbook features", days,
                         lgb(n_jobs=args.threads, features=list(HANDBOOK_FEATURES)), HANDBOOK_FEATURES))
-        rows.append(run("LightGBM, shopguard features", days, lgb(n_jobs=args.threads, features=fs.columns), None))
+        rows.append(run("LightGBM, shopguard features", days, lgb(n_jobs=args.threads, features=list(FEATURES)), None))
+        rows.append(run(f"LightGBM x{args.seeds} seeds, {v_best[1]} features, {v_best[3]} settings (chosen on validation)",
+                        days, lgb(n_jobs=args.threads, features=list(v_best[2]), n_seeds=args.seeds, **v_best[4]),
+                        v_best[2]))
         if days == 7:
             for name in [n for n in args.unsupervised.split(",") if n]:
                 det = DETECTORS[name]()
@@ -247,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             out.append({**r, "precision_at_k_transactions": r["precision_at_k"],
                         "precision_at_k": r["card_precision_at_100"], "source": "measured"})
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": out, "features_s": round(feat_s, 1), "test_events": test.height,
+        args.json.write_text(json.dumps({"rows": out, "validation": [
+            {"features": c[1], "settings": c[3], "params": c[4], "average_precision": c[0]} for c in choices], "features_s": round(feat_s, 1), "test_events": test.height,
                                          "test_frauds": int(y_test.sum())}, indent=2))
         con.print(f"wrote {args.json}")
     return 0

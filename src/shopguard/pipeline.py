@@ -252,23 +252,107 @@ def score_events(
     until: datetime | None = None,
     top_reasons: int = 3,
     on_step: Step | None = None,
+    text_model_dir: str | Path | None = None,
 ) -> int:
-    """Decide every event with ``since <= ts < until`` and write the decisions; returns how many were new."""
+    """Decide every event with ``since <= ts < until`` and write the decisions; returns how many were new.
+
+    With ``text_model_dir`` (a saved ``TextEventDetector``), review and chat events also get the text
+    score: the decision's probability is the larger of the two, the level and action come from the
+    bundle's policy, and the text reasons come first (``models.text.decisions.merge_decision``).
+    """
     bundle = ModelBundle.load(model_dir)
     types = bundle.info.get("types")
     step = on_step or (lambda _m: None)
+    text = _text_scores(store, text_model_dir, since, until, step) if text_model_dir is not None else {}
     rows = _features(store, since, until, bundle.feature_set, types, step)
     written = 0
     chunk = 50_000
+    decided: set[str] = set()
     for i in range(0, rows.height, chunk):
         part = rows[i:i + chunk]
         step(f"deciding {i + part.height:,}/{rows.height:,}")
         decisions = bundle.decide(part, top_reasons=top_reasons)
+        if text:
+            decisions = [_with_text(d, text.get(d.event_id), bundle) for d in decisions]
+            decided.update(d.event_id for d in decisions)
         written += store.append_decisions([d.to_record() for d in decisions])
+    # Text events the tabular model does not cover (its ``types`` leave them out): the text model decides.
+    from shopguard.models.text.decisions import text_decision
+
+    rest = [text_decision(eid, t, s, r, bundle.policy, bundle.model_version)
+            for eid, (t, s, r) in text.items() if eid not in decided]
+    if rest:
+        written += store.append_decisions([d.to_record() for d in rest])
     return written
 
 
-__all__ = ["TimeSplit", "evaluate", "evaluate_frame", "make_detector", "score_events", "train"]
+def train_text(
+    store: EventStore,
+    out_dir: str | Path,
+    *,
+    split: SplitConfig | None = None,
+    params: dict[str, Any] | None = None,
+    on_step: Step | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the review/chat ``TextEventDetector`` before the test window and save it into ``out_dir``.
+
+    Same time protocol as ``train``: the model sees events before ``test_start`` with the labels known
+    then, minus the label-delay gap (``label_delay_days`` defaults to the split's ``delay_days``); the
+    test window is scored once for the returned metrics (ROC-AUC / AP per event type, all labels).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from shopguard.models.text.scoring import event_labels, fit_text_model, score_text_events
+
+    step = on_step or (lambda _m: None)
+    cfg = split or SplitConfig()
+    first, last = store.time_range()
+    if first is None or last is None:
+        raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
+    sp = make_split(first, last, cfg)
+    step("fitting the text model (reviews, chats)")
+    model = fit_text_model(store, until=sp.test_start, **{"label_delay_days": cfg.delay_days, **(params or {})})
+    model.save(out_dir, metadata={"split": sp.model_dump(mode="json")})
+    step("scoring the test window")
+    scored = score_text_events(store, model, since=sp.test_start, until=sp.test_end)
+    y = event_labels(scored, store.labels())
+    metrics: dict[str, Any] = {"fit": dict(model.fit_info_), "test_start": sp.test_start.isoformat(),
+                               "test_end": sp.test_end.isoformat()}
+    for etype in ("review", "chat"):
+        mask = (scored["type"] == etype).to_numpy()
+        m: dict[str, Any] = {"events": int(mask.sum()), "positives": int(y[mask].sum())}
+        if 0 < y[mask].sum() < mask.sum():
+            m["roc_auc"] = float(roc_auc_score(y[mask], scored["score"].to_numpy()[mask]))
+            m["average_precision"] = float(average_precision_score(y[mask], scored["score"].to_numpy()[mask]))
+        metrics[etype] = m
+    return model, metrics
+
+
+def _text_scores(store: EventStore, text_model_dir: str | Path, since: datetime | None, until: datetime | None,
+                 step: Step) -> dict[str, tuple[str, float, list[str]]]:
+    """``event_id -> (type, text score, reasons)`` for the review and chat events in the window."""
+    from shopguard.models.base import load_detector
+    from shopguard.models.text.scoring import TextEventDetector, score_text_events
+
+    model = load_detector(text_model_dir)
+    if not isinstance(model, TextEventDetector):
+        raise ValidationFailed(f"{text_model_dir} holds a {type(model).__name__}, not a text model "
+                               f"(`shopguard train --detector text`)", field="text_model", value=str(text_model_dir))
+    step("scoring review and chat text")
+    frame = score_text_events(store, model, since=since, until=until)
+    return {r["event_id"]: (r["type"], float(r["score"]), list(r["reasons"] or []))
+            for r in frame.iter_rows(named=True)}
+
+
+def _with_text(decision: Any, text: tuple[str, float, list[str]] | None, bundle: ModelBundle) -> Any:
+    if text is None:
+        return decision
+    from shopguard.models.text.decisions import merge_decision
+
+    return merge_decision(decision, text[0], text[1], text[2], bundle.policy)
+
+
+__all__ = ["TimeSplit", "evaluate", "evaluate_frame", "make_detector", "score_events", "train", "train_text"]
 
 
 def surprise_result(

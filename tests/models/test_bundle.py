@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from shopguard.decision import Policy
-from shopguard.errors import ModelError
+from shopguard.errors import ModelError, ValidationFailed
 from shopguard.features import FeatureSet
 from shopguard.models import LightGBMDetector
 from shopguard.models.bundle import ModelBundle
@@ -93,3 +93,17 @@ def test_missing_columns_named(bundle: ModelBundle, frame: tuple[pl.DataFrame, n
         bundle.score(df.drop("card_failed_payments_10m"))
     with pytest.raises(ModelError, match="event_id"):
         bundle.decide(df.drop("event_id"))
+
+
+def test_explain_flagged_gives_same_decisions_and_reasons_only_where_acted_on(
+    bundle: ModelBundle, frame: tuple[pl.DataFrame, np.ndarray]
+) -> None:
+    df, _ = frame
+    full = bundle.decide(df[:300], explain="all")
+    lean = bundle.decide(df[:300], explain="flagged")
+    np.testing.assert_allclose([d.probability for d in full], [d.probability for d in lean], rtol=1e-6)
+    assert [d.action for d in full] == [d.action for d in lean]
+    for a, b in zip(full, lean, strict=True):
+        assert b.reasons == (a.reasons if b.action != "allow" else [])
+    with pytest.raises(ValidationFailed, match="explain"):
+        bundle.decide(df[:2], explain="some")

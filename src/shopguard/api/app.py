@@ -29,7 +29,7 @@ from shopguard.api.scoring import DecisionEngine, ModelSlot
 from shopguard.api.settings import ServiceSettings
 from shopguard.decision.cases import WebhookDispatcher
 from shopguard.decision.rules import ReloadingRules
-from shopguard.errors import ShopguardError
+from shopguard.errors import ModelError, ShopguardError
 from shopguard.store import EventStore
 
 log = logging.getLogger("shopguard.service")
@@ -132,12 +132,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 from shopguard.models.sequence.export import IncrementalScorer
 
                 sequence = IncrementalScorer(settings.sequence_model)
+            text = None
+            if settings.text_model is not None:
+                from shopguard.models.base import load_detector
+                from shopguard.models.text.scoring import TextEventDetector
+
+                text = load_detector(settings.text_model)
+                if not isinstance(text, TextEventDetector):
+                    raise ModelError(f"{settings.text_model} holds a {type(text).__name__}, not a text model",
+                                     field="text_model", value=str(settings.text_model))
             engine = DecisionEngine(store, rules=rules, model=slot, pseudonymiser=pseudo,
                                     case_risk_level=settings.case_risk_level, webhooks=hooks,
                                     writer_max_batch=settings.writer_max_batch, metrics=metrics_,
                                     journal=Path(f"{settings.db}.journal") if settings.journal else None,
                                     journal_fsync=settings.journal_fsync,
-                                    sequence=sequence)
+                                    sequence=sequence, text=text)
             engine.start(rebuild_features=settings.rebuild_features)
         except Exception:
             store.close()

@@ -103,7 +103,8 @@ class LoadedModel:
         if decide is None:
             return [ModelOutput(float(x), None, "low", "allow", []) for x in self.bundle.score(frame)]
         out = []
-        for d in decide(frame):
+        # Reasons only where the action is not allow: contributions cost several times the score.
+        for d in decide(frame, explain="flagged"):
             reasons = []
             for r in getattr(d, "reasons", None) or []:
                 if isinstance(r, dict):
@@ -495,6 +496,7 @@ class DecisionEngine:
         features: Any = None,
         metrics: Any = None,
         sequence: Any = None,
+        text: Any = None,
     ) -> None:
         self.store = store
         self.rules = rules or ReloadingRules(None)
@@ -516,6 +518,14 @@ class DecisionEngine:
         # Optional behaviour-transformer scorer (models.sequence.export.IncrementalScorer): its score is
         # ``sequence_score`` in the rule context.
         self.sequence = sequence
+        # Optional review/chat text model (models.text.TextEventDetector, or an OnlineTextScorer around
+        # one): review and chat decisions take the larger of its score and the model's probability.
+        self.text: Any = None
+        if text is not None:
+            from shopguard.models.text.decisions import OnlineTextScorer
+
+            self.text = text if isinstance(text, OnlineTextScorer) else OnlineTextScorer(text)
+        self.text_errors = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, rebuild_features: bool = True) -> None:
@@ -534,6 +544,11 @@ class DecisionEngine:
                 self.features = None
         if self.sequence is not None and rebuild_features:
             self.sequence.warm(self.store.events())
+        if self.text is not None:
+            try:
+                self.text.warm(self.store)
+            except Exception as exc:  # text context only enriches reviews: never block start-up on it
+                log.error("text history could not be warmed: %s", exc)
         try:
             from shopguard.features.graph import build_ring_index
 
@@ -586,6 +601,8 @@ class DecisionEngine:
         new_cases: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
         todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]] = []
+        # Text first, outside the decision lock: a slow review never holds up other requests' events.
+        texts = self._text_scores(prepared)
         with self._lock:
             for p in prepared:
                 eid = p.record["event_id"]
@@ -607,6 +624,11 @@ class DecisionEngine:
                 t0 = time.perf_counter()
                 learn = eid not in self._known
                 ctx, feats = self._context(p.record, learn=learn)
+                if self.text is not None and learn:
+                    try:
+                        self.text.observe(p.record)
+                    except Exception:  # enrichment only
+                        log.exception("text history update failed on %s", eid)
                 if self.graph is not None and learn:
                     try:
                         self.graph.add_event(p.record)
@@ -624,6 +646,7 @@ class DecisionEngine:
             share = (time.perf_counter() - t1) / max(len(todo), 1)
             for (rec, ctx, _feats, spent), out in zip(todo, outs, strict=True):
                 t2 = time.perf_counter()
+                out = self._with_text(rec, out, model, texts.get(rec["event_id"]))
                 decision, scenario = self._finish(rec, ctx, out, rules, model)
                 seconds = spent + share + (time.perf_counter() - t2)
                 decision["latency_ms"] = round(seconds * 1000, 3)
@@ -668,8 +691,9 @@ class DecisionEngine:
     def _decide(self, rec: dict[str, Any], rules: Any, model: LoadedModel | None, *,
                 learn: bool) -> tuple[dict[str, Any], str | None]:
         """Decide one event (features, model, rules); ``submit`` runs the same steps batched."""
+        text = self._text_scores([Prepared(rec, 0)]).get(rec["event_id"])
         ctx, feats = self._context(rec, learn=learn)
-        out = self._score(model, [(rec, ctx, feats, 0.0)])[0]
+        out = self._with_text(rec, self._score(model, [(rec, ctx, feats, 0.0)])[0], model, text)
         return self._finish(rec, ctx, out, rules, model)
 
     def _context(self, rec: dict[str, Any], *, learn: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -716,6 +740,56 @@ class DecisionEngine:
                 self.metrics.error("model")
             self.model.last_error = f"model {model.version} failed: {exc}"
             return [None] * len(todo)
+
+    def _text_scores(self, prepared: Sequence[Prepared]) -> dict[str, dict[str, Any]]:
+        """Text score and reasons of each new review/chat; a failure is logged and the event decided
+        without text (never an error answer)."""
+        if self.text is None:
+            return {}
+        from shopguard.models.text.scoring import TEXT_EVENT_TYPES
+
+        out: dict[str, dict[str, Any]] = {}
+        for p in prepared:
+            rec = p.record
+            eid = rec["event_id"]
+            if rec.get("type") not in TEXT_EVENT_TYPES or eid in self._recent or eid in self._known:
+                continue
+            try:
+                res = self.text.score(rec)
+            except Exception:
+                self.text_errors += 1
+                log.exception("text model failed on %s; deciding without it", eid)
+                if self.metrics is not None:
+                    self.metrics.error("text")
+                continue
+            if res is not None:
+                out[eid] = res
+        return out
+
+    def _with_text(self, rec: dict[str, Any], out: ModelOutput | None, model: LoadedModel | None,
+                   text: dict[str, Any] | None) -> ModelOutput | None:
+        """The model output with the text evidence merged: the larger probability, the level and action
+        from the bundle's policy, text reasons first."""
+        if text is None:
+            return out
+        try:
+            from shopguard.decision.policy import Policy
+            from shopguard.models.text.decisions import REASON_CODES, reason_texts
+
+            policy = getattr(getattr(model, "bundle", None), "policy", None) or Policy()
+            s = float(text["score"])
+            code = REASON_CODES.get(str(rec.get("type")), "TEXT")
+            reasons = [{"code": code, "text": t, "source": "text"}
+                       for t in reason_texts(str(rec.get("type")), s, text.get("reasons") or [])]
+            p = s if out is None or out.probability is None else max(out.probability, s)
+            level = policy.level(p)
+            if out is None:
+                return ModelOutput(s, p, level.value, policy.action_for(level).value, reasons)
+            return ModelOutput(out.score, p, level.value, policy.action_for(level).value, reasons + out.reasons)
+        except Exception:  # a malformed text result must not cost the decision
+            self.text_errors += 1
+            log.exception("merging the text score failed on %s", rec.get("event_id"))
+            return out
 
     def _finish(self, rec: dict[str, Any], ctx: dict[str, Any], out: ModelOutput | None, rules: Any,
                 model: LoadedModel | None) -> tuple[dict[str, Any], str | None]:

@@ -20,6 +20,9 @@ class ServiceSettings(BaseSettings):
     sequence_model: Path | None = Field(
         None, description="Exported behaviour transformer (ONNX); its score is `sequence_score` for rules."
     )
+    text_model: Path | None = Field(
+        None, description="Review/chat text model (`shopguard train --detector text`): merged into their decisions."
+    )
     pseudonym_key: str | None = Field(None, description="Secret for keyed hashing of personal identifiers.")
     case_risk_level: Literal["low", "medium", "high", "critical"] = Field(
         "high", description="Decisions at or above this risk level open a review case and fire webhooks."

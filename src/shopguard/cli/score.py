@@ -23,6 +23,8 @@ def score(
     since: Annotated[datetime | None, typer.Option("--since", help="Score events from this time (ISO).")] = None,
     until: Annotated[datetime | None, typer.Option("--until", help="Up to this time (exclusive).")] = None,
     reasons: Annotated[int, typer.Option("--reasons", help="Reason codes per decision.")] = 3,
+    text_model: Annotated[Path | None, typer.Option("--text-model", help="Text model from `shopguard train "
+                                                    "--detector text`: scores review and chat text too.")] = None,
 ) -> None:
     """Score events since T: probability, risk level, action and reasons, written to the decisions table."""
     from shopguard.pipeline import score_events
@@ -30,7 +32,7 @@ def score(
     with open_existing(db) as store, progress(transient=True) as prog:
         task = prog.add_task("scoring", total=None)
         n = score_events(store, model, since=since, until=until, top_reasons=reasons,
-                         on_step=lambda m: prog.update(task, description=m))
+                         text_model_dir=text_model, on_step=lambda m: prog.update(task, description=m))
         summary = store.query(
             "SELECT action, count(*) AS n FROM decisions GROUP BY 1 ORDER BY n DESC")
     out.print(f"[bold green]{n:,} new decisions[/] written")

@@ -20,6 +20,8 @@ def serve(
     model: Annotated[Path | None, typer.Option("--model", help="Model folder or registry root (hot swaps).")] = None,
     rules: Annotated[Path | None, typer.Option("--rules", help="YAML rule file (reloaded on change).")] = None,
     sequence_model: Annotated[Path | None, typer.Option("--sequence-model", help="Exported behaviour transformer (ONNX folder).")] = None,
+    text_model: Annotated[Path | None, typer.Option("--text-model", help="Review/chat text model "
+                                                    "(`shopguard train --detector text`).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     case_risk_level: Annotated[str, typer.Option("--case-risk-level", help="Open a case at this risk level or above.")] = "high",
@@ -39,7 +41,7 @@ def serve(
     from shopguard.config import get_settings
 
     settings = ServiceSettings(
-        db=db_path(db), model=model, rules=rules, sequence_model=sequence_model, case_risk_level=case_risk_level,  # type: ignore[arg-type]
+        db=db_path(db), model=model, rules=rules, sequence_model=sequence_model, text_model=text_model, case_risk_level=case_risk_level,  # type: ignore[arg-type]
         webhooks=webhook or [], rate_limit_per_s=rate_limit, rate_limit_burst=max(rate_limit * 2, 1.0),
         max_body_bytes=max_body_bytes, auth=not no_auth, journal_fsync=journal_fsync, pseudonym_key=get_settings().pseudonym_key,
     )
@@ -49,6 +51,8 @@ def serve(
 
     if model is not None and not model.exists():
         raise NotFound(f"model path {model} does not exist", field="model", value=str(model))
+    if text_model is not None and not text_model.exists():
+        raise NotFound(f"text model path {text_model} does not exist", field="text_model", value=str(text_model))
     if rules is not None:
         RuleSet.load(rules)
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):

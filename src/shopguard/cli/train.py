@@ -44,7 +44,8 @@ def _params(text: str | None) -> dict | None:
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
     db: DbOption = None,
-    detector: Annotated[str, typer.Option("--detector", help="lightgbm, iforest, ecod, hbos or baseline.")] = "lightgbm",
+    detector: Annotated[str, typer.Option("--detector", help="lightgbm, iforest, ecod, hbos, baseline, or text "
+                                                               "(review/chat text model, for `score --text-model`).")] = "lightgbm",
     train_days: Annotated[float | None, typer.Option("--train-days", help="Training window (days); default all.")] = None,
     delay_days: Annotated[float, typer.Option("--delay-days", help="Label-delay gap before the test window.")] = 7.0,
     test_days: Annotated[float, typer.Option("--test-days", help="Held-out test window at the end.")] = 7.0,
@@ -58,6 +59,9 @@ def train(
     from shopguard.pipeline import train as run_train
 
     split = SplitConfig(train_days=train_days, delay_days=delay_days, test_days=test_days, train_start=train_start)
+    if detector == "text":
+        _train_text(db, out_dir, split, _params(params))
+        return
     with open_existing(db) as store, progress(transient=True) as prog:
         task = prog.add_task("training", total=None)
         bundle = run_train(store, out_dir, detector=detector, params=_params(params), split=split,
@@ -65,6 +69,26 @@ def train(
                            on_step=lambda m: prog.update(task, description=m))
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
+
+
+def _train_text(db: Path | None, out_dir: Path, split: SplitConfig, params: dict | None) -> None:
+    """The review/chat text model: fitted before the test window, saved with ``Detector.save``."""
+    from shopguard.pipeline import train_text
+
+    with open_existing(db) as store, progress(transient=True) as prog:
+        task = prog.add_task("training the text model", total=None)
+        _model, metrics = train_text(store, out_dir, split=split, params=params,
+                                     on_step=lambda m: prog.update(task, description=m))
+    fit = metrics["fit"]
+    out.print(f"[bold green]trained[/] text model on {fit['reviews']:,} reviews ({fit['review_positives']:,} "
+              f"labelled fake) and {fit['chats']:,} chats ({fit['chat_positives']:,} labelled) -> {out_dir}")
+    t = Table(title=f"text model on the test window {metrics['test_start']} .. {metrics['test_end']}")
+    for c in ("events", "type", "positives", "roc_auc", "average_precision"):
+        t.add_column(c, justify="left" if c == "type" else "right")
+    for etype in ("review", "chat"):
+        m = metrics[etype]
+        t.add_row(str(m["events"]), etype, str(m["positives"]), _f(m.get("roc_auc")), _f(m.get("average_precision")))
+    out.print(t)
 
 
 def print_metrics(m: dict, title: str) -> None:

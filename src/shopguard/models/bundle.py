@@ -28,9 +28,9 @@ import joblib
 import numpy as np
 import polars as pl
 
-from shopguard.decision.policy import Decision, Policy
+from shopguard.decision.policy import Action, Decision, Policy
 from shopguard.decision.reasons import Reason, reasons_from_contributions
-from shopguard.errors import ConfigError, ModelError
+from shopguard.errors import ConfigError, ModelError, ValidationFailed
 from shopguard.events.schema import SCHEMA_VERSION
 from shopguard.models.base import Detector, load_detector
 from shopguard.models.calibration import Calibrator
@@ -80,15 +80,24 @@ class ModelBundle:
         *,
         top_reasons: int = 3,
         rule_hits: list[list[str]] | None = None,
+        explain: str = "all",
     ) -> list[Decision]:
-        """One ``Decision`` per row (needs ``event_id``): probability, risk level, action and reasons."""
+        """One ``Decision`` per row (needs ``event_id``): probability, risk level, action and reasons.
+
+        ``explain="flagged"`` computes reasons only for rows whose action is not ``allow``: the
+        per-feature contributions cost several times the score, and the real-time path needs them
+        only where an analyst or the customer will see them.
+        """
+        if explain not in ("all", "flagged"):
+            raise ValidationFailed(f"explain must be 'all' or 'flagged', got {explain!r}", field="explain",
+                                   value=explain)
         frame = self._frame(features)
         if "event_id" not in frame.columns:
             raise ModelError("decide() needs the event_id column in the feature frame", field="event_id")
         t0 = time.perf_counter()
         contrib = None
         both = getattr(self.detector, "score_and_explain", None)
-        if top_reasons > 0 and frame.height and both is not None:
+        if top_reasons > 0 and frame.height and both is not None and explain == "all":
             scores, contrib = both(frame)
         else:
             scores = self.detector.score(frame)
@@ -96,8 +105,16 @@ class ModelBundle:
         levels = self.policy.levels(probs)
         reasons: list[list[Reason]] = [[] for _ in range(frame.height)]
         if top_reasons > 0 and frame.height:
-            if contrib is None:
-                contrib = self.detector.explain(frame)
+            rows = np.arange(frame.height)
+            if explain == "flagged":
+                rows = np.flatnonzero([self.policy.action_for(lv) != Action.ALLOW for lv in levels])
+            if contrib is None and rows.size:
+                contrib = self.detector.explain(frame[rows] if rows.size < frame.height else frame)
+                if contrib is not None and rows.size < frame.height:
+                    found = reasons_from_contributions(contrib, frame[rows], self.feature_set, top=top_reasons)
+                    for i, r in zip(rows.tolist(), found, strict=True):
+                        reasons[i] = r
+                    contrib = None
             if contrib is not None:
                 reasons = reasons_from_contributions(contrib, frame, self.feature_set, top=top_reasons)
         latency = (time.perf_counter() - t0) * 1000 / max(frame.height, 1)
