@@ -103,7 +103,6 @@ def _print_stats(stats: dict[str, Any]) -> None:
         if row["entity_kind"] == "event" and row["positive"]:
             t.add_row(row["scenario"], f"{row['positive']:,}")
     out.print(t)
-    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's surprise score.")
 
 
 def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: float) -> list[Path]:
