@@ -14,7 +14,14 @@ own point-in-time engine, and the split, known-fraud removal and metrics from ``
 A logistic regression on the Handbook's own 15 features is measured in the same run as the baseline
 for ratios.
 
-    nice -n 10 .venv/bin/python benchmarks/handbook.py --json handbook.json
+The tuned row's feature set (with or without the richer terminal/customer features) and LightGBM
+settings are chosen on a validation split inside the training period only: the same protocol one test
+window earlier (train 2018-07-11 .. 07-17, test 07-25 .. 07-31, known-compromised customers removed),
+whose labels are all known when the real model is trained on 2018-08-08. The test days never choose
+anything. The chosen model is a bag of ``--seeds`` LightGBM seeds.
+
+    nice -n 10 .venv/bin/python benchmarks/handbook.py --json out/handbook.json
+    nice -n 10 .venv/bin/python benchmarks/handbook.py --skip-long --unsupervised '' --cache /tmp/hb.parquet
 """
 
 from __future__ import annotations
@@ -243,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     lgb = DETECTORS["lightgbm"]
-    con.print(f"validation split: train {v_train_end - timedelta(days=7):%Y-%m-%d} .. {v_train_end:%Y-%m-%d}, "
-              f"test {v_test_start:%Y-%m-%d} .. {v_test_end:%Y-%m-%d} ({v_test.height:,} payments, {int(v_y.sum())} frauds)")
+    day = timedelta(days=1)
+    con.print(f"validation split: train {v_train_end - timedelta(days=7):%Y-%m-%d} .. {v_train_end - day:%Y-%m-%d}, "
+              f"test {v_test_start:%Y-%m-%d} .. {v_test_end - day:%Y-%m-%d} ({v_test.height:,} payments, "
+              f"{int(v_y.sum())} frauds)")
     choices = []
     for fname, feats in (("shopguard", FEATURES), ("shopguard+terminal", FEATURES_EXT)):
         for gname, params in LGB_GRID.items():

@@ -253,12 +253,14 @@ def score_events(
     top_reasons: int = 3,
     on_step: Step | None = None,
     text_model_dir: str | Path | None = None,
+    text_min_score: float = 0.5,
 ) -> int:
     """Decide every event with ``since <= ts < until`` and write the decisions; returns how many were new.
 
     With ``text_model_dir`` (a saved ``TextEventDetector``), review and chat events also get the text
     score: the decision's probability is the larger of the two, the level and action come from the
-    bundle's policy, and the text reasons come first (``models.text.decisions.merge_decision``).
+    bundle's policy, and the text reasons come first (``models.text.decisions.merge_decision``); a text
+    score below ``text_min_score`` leaves the tabular decision as it is.
     """
     bundle = ModelBundle.load(model_dir)
     types = bundle.info.get("types")
@@ -273,7 +275,7 @@ def score_events(
         step(f"deciding {i + part.height:,}/{rows.height:,}")
         decisions = bundle.decide(part, top_reasons=top_reasons)
         if text:
-            decisions = [_with_text(d, text.get(d.event_id), bundle) for d in decisions]
+            decisions = [_with_text(d, text.get(d.event_id), bundle, text_min_score) for d in decisions]
             decided.update(d.event_id for d in decisions)
         written += store.append_decisions([d.to_record() for d in decisions])
     # Text events the tabular model does not cover (its ``types`` leave them out): the text model decides.
@@ -344,12 +346,13 @@ def _text_scores(store: EventStore, text_model_dir: str | Path, since: datetime 
             for r in frame.iter_rows(named=True)}
 
 
-def _with_text(decision: Any, text: tuple[str, float, list[str]] | None, bundle: ModelBundle) -> Any:
+def _with_text(decision: Any, text: tuple[str, float, list[str]] | None, bundle: ModelBundle,
+               min_text_score: float) -> Any:
     if text is None:
         return decision
     from shopguard.models.text.decisions import merge_decision
 
-    return merge_decision(decision, text[0], text[1], text[2], bundle.policy)
+    return merge_decision(decision, text[0], text[1], text[2], bundle.policy, min_text_score=min_text_score)
 
 
 __all__ = ["TimeSplit", "evaluate", "evaluate_frame", "make_detector", "score_events", "train", "train_text"]

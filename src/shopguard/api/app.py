@@ -146,7 +146,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                     writer_max_batch=settings.writer_max_batch, metrics=metrics_,
                                     journal=Path(f"{settings.db}.journal") if settings.journal else None,
                                     journal_fsync=settings.journal_fsync,
-                                    sequence=sequence, text=text)
+                                    sequence=sequence, text=text,
+                                    text_min_score=settings.text_min_score)
             engine.start(rebuild_features=settings.rebuild_features)
         except Exception:
             store.close()

@@ -497,6 +497,7 @@ class DecisionEngine:
         metrics: Any = None,
         sequence: Any = None,
         text: Any = None,
+        text_min_score: float = 0.5,
     ) -> None:
         self.store = store
         self.rules = rules or ReloadingRules(None)
@@ -526,6 +527,7 @@ class DecisionEngine:
 
             self.text = text if isinstance(text, OnlineTextScorer) else OnlineTextScorer(text)
         self.text_errors = 0
+        self.text_min_score = text_min_score
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, rebuild_features: bool = True) -> None:
@@ -749,13 +751,14 @@ class DecisionEngine:
         from shopguard.models.text.scoring import TEXT_EVENT_TYPES
 
         out: dict[str, dict[str, Any]] = {}
-        for p in prepared:
+        for i, p in enumerate(prepared):
             rec = p.record
             eid = rec["event_id"]
             if rec.get("type") not in TEXT_EVENT_TYPES or eid in self._recent or eid in self._known:
                 continue
             try:
-                res = self.text.score(rec)
+                # Earlier events of this request are not observed yet: they count as history too.
+                res = self.text.score(rec, [q.record for q in prepared[:i]])
             except Exception:
                 self.text_errors += 1
                 log.exception("text model failed on %s; deciding without it", eid)
@@ -769,15 +772,18 @@ class DecisionEngine:
     def _with_text(self, rec: dict[str, Any], out: ModelOutput | None, model: LoadedModel | None,
                    text: dict[str, Any] | None) -> ModelOutput | None:
         """The model output with the text evidence merged: the larger probability, the level and action
-        from the bundle's policy, text reasons first."""
+        from the bundle's policy, text reasons first (``models.text.decisions.merge_decision``; a text
+        score below ``text_min_score`` only decides events the model does not score)."""
         if text is None:
             return out
         try:
             from shopguard.decision.policy import Policy
-            from shopguard.models.text.decisions import REASON_CODES, reason_texts
+            from shopguard.models.text.decisions import REASON_CODES, lifts, reason_texts
 
             policy = getattr(getattr(model, "bundle", None), "policy", None) or Policy()
             s = float(text["score"])
+            if out is not None and not lifts(s, self.text_min_score):
+                return out
             code = REASON_CODES.get(str(rec.get("type")), "TEXT")
             reasons = [{"code": code, "text": t, "source": "text"}
                        for t in reason_texts(str(rec.get("type")), s, text.get("reasons") or [])]

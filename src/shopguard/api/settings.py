@@ -23,6 +23,7 @@ class ServiceSettings(BaseSettings):
     text_model: Path | None = Field(
         None, description="Review/chat text model (`shopguard train --detector text`): merged into their decisions."
     )
+    text_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Text score from which it lifts a decision.")
     pseudonym_key: str | None = Field(None, description="Secret for keyed hashing of personal identifiers.")
     case_risk_level: Literal["low", "medium", "high", "critical"] = Field(
         "high", description="Decisions at or above this risk level open a review case and fire webhooks."

@@ -6,6 +6,14 @@ says and what surrounds it (near-copies across accounts, item bursts, account ag
 ``review`` or ``chat`` event takes the larger of the two probabilities, so either evidence alone can
 raise it, and re-derives the risk level and action from the model bundle's policy; the text reasons come
 first because they quote the signal that most often decides these events.
+
+The policy's thresholds were chosen on every event type, where fraud is rare, while the text model's
+probability is calibrated on reviews and chats, where fakes are common: a text score of 0.05 is not the
+evidence a tabular 0.05 is. So a text score lifts a decision only from ``MIN_TEXT_SCORE`` (0.5, the text
+model's own operating point); below it the decision stays the tabular one. On the 2,000-user simulated
+shop's test week this halved the genuine reviews challenged by a plain max (106 -> 38 of 300, tabular
+alone 17) while still catching all 118 fake ones (tabular alone 106), and caught 19/19 refund-abuse
+chats (tabular alone 1) with 9 of 129 genuine chats challenged (plain max 18, tabular 8).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +33,7 @@ from shopguard.models.text.scoring import TEXT_EVENT_TYPES, TextEventDetector
 
 log = logging.getLogger("shopguard.text")
 
+MIN_TEXT_SCORE = 0.5
 REASON_CODES = {"review": "TEXT_REVIEW", "chat": "TEXT_CHAT"}
 _BUY_TYPES = ("order", "pay")
 _HISTORY_SCHEMA = {"event_id": pl.Utf8, "ts": pl.Datetime("us"), "type": pl.Utf8, "user_id": pl.Utf8,
@@ -41,13 +51,21 @@ def text_reasons(event_type: str, score: float, reasons: list[str]) -> list[Reas
     return [Reason(code=code, text=t, weight=float(score)) for t in reason_texts(event_type, score, reasons)]
 
 
+def lifts(text_score: float, min_text_score: float = MIN_TEXT_SCORE) -> bool:
+    """Whether a text score is strong enough to enter the decision (see the module docstring)."""
+    return float(text_score) >= min_text_score
+
+
 def merge_decision(decision: Decision, event_type: str, text_score: float, reasons: list[str],
-                   policy: Policy) -> Decision:
+                   policy: Policy, *, min_text_score: float = MIN_TEXT_SCORE) -> Decision:
     """``decision`` with the text evidence merged: max probability, policy level/action, text reasons first.
 
     ``score`` stays the tabular model's raw score (its scale is the detector's own); ``probability``,
-    ``risk_level`` and ``action`` reflect both models.
+    ``risk_level`` and ``action`` reflect both models. A text score below ``min_text_score`` leaves the
+    decision unchanged.
     """
+    if not lifts(text_score, min_text_score):
+        return decision
     p = max(float(decision.probability), float(text_score))
     level = policy.level(p)
     return decision.model_copy(update={
@@ -126,27 +144,38 @@ class OnlineTextScorer:
                     buys = self._buys[user] = deque(maxlen=self.max_buys_per_user)
                 buys.append({k: rec.get(k) for k in _HISTORY_SCHEMA})
 
-    def history_for(self, rec: dict[str, Any]) -> pl.DataFrame:
-        """Events before ``rec`` the review context needs (a snapshot; the live history keeps moving)."""
+    def history_for(self, rec: dict[str, Any], pending: Sequence[dict[str, Any]] = ()) -> pl.DataFrame:
+        """Events before ``rec`` the review context needs (a snapshot; the live history keeps moving).
+
+        ``pending``: events not observed yet that came before ``rec`` (earlier events of the same request).
+        """
         ts = rec["ts"]
         start = ts - timedelta(days=self.history_days)
         user = rec.get("user_id")
+        extra = [r for r in pending if r.get("ts") is not None and r["ts"] < ts]
         with self._lock:
             rows = [r for r in self._reviews if start <= r["ts"] < ts]
+            rows.extend({k: r.get(k) for k in _HISTORY_SCHEMA} for r in extra
+                        if r.get("type") == "review" and r["ts"] >= start)
             if user is not None:
                 rows.extend(r for r in self._buys.get(user, ()) if r["ts"] < ts)
-                first = self._first.get(user)
+                rows.extend({k: r.get(k) for k in _HISTORY_SCHEMA} for r in extra
+                            if r.get("type") in _BUY_TYPES and r.get("user_id") == user)
+                first = min([t for t in (self._first.get(user),
+                                         *(r["ts"] for r in extra if r.get("user_id") == user)) if t is not None],
+                            default=None)
                 if first is not None and first < ts:
                     # The reviewer's first event, as a marker row: only its time matters (account age).
                     rows.append({"event_id": f"_first_{user}", "ts": first, "type": "_first", "user_id": user})
         return pl.DataFrame(rows, schema=_HISTORY_SCHEMA) if rows else pl.DataFrame(schema=_HISTORY_SCHEMA)
 
-    def score(self, rec: dict[str, Any]) -> dict[str, Any] | None:
-        """``TextEventDetector.score_record`` with this history; None for events that are not text."""
+    def score(self, rec: dict[str, Any], pending: Sequence[dict[str, Any]] = ()) -> dict[str, Any] | None:
+        """``TextEventDetector.score_record`` with this history (plus ``pending``, earlier events not
+        observed yet); None for events that are not text."""
         if rec.get("type") not in TEXT_EVENT_TYPES:
             return None
-        history = self.history_for(rec) if rec.get("type") == "review" else None
+        history = self.history_for(rec, pending) if rec.get("type") == "review" else None
         return self.model.score_record(rec, history)
 
 
-__all__ = ["OnlineTextScorer", "REASON_CODES", "merge_decision", "reason_texts", "text_decision", "text_reasons"]
+__all__ = ["MIN_TEXT_SCORE", "OnlineTextScorer", "REASON_CODES", "lifts", "merge_decision", "reason_texts", "text_decision", "text_reasons"]
