@@ -22,9 +22,9 @@ from shopguard.models.base import Detector
 from shopguard.models.tabular import (
     TabularEncoder,
     as_polars,
-    check_columns,
     infer_columns,
     labels_array,
+    lgb_input,
     time_order,
 )
 
@@ -157,10 +157,7 @@ class LightGBMDetector(Detector):
         return self
 
     def _matrix(self, X: Any) -> np.ndarray:
-        self.check_fitted()
-        frame = as_polars(X)
-        check_columns(frame, self.feature_names_, type(self).__name__)
-        return self.encoder_.lgb_matrix(frame)
+        return lgb_input(self, X)
 
     def score(self, X: Any) -> np.ndarray:
         m = self._matrix(X)

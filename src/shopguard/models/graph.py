@@ -28,7 +28,14 @@ from sklearn.model_selection import StratifiedKFold
 
 from shopguard.errors import DataError, ModelError, ValidationFailed
 from shopguard.models.base import Detector
-from shopguard.models.tabular import TabularEncoder, as_polars, check_columns, infer_columns, labels_array
+from shopguard.models.tabular import (
+    TabularEncoder,
+    as_polars,
+    check_columns,
+    infer_columns,
+    labels_array,
+    lgb_input,
+)
 
 NBR_PREFIX = "nbr_"
 MEAN_PREFIX = "nbr_mean__"
@@ -129,10 +136,7 @@ class GraphLightGBMDetector(Detector):
         return self
 
     def _matrix(self, X: Any) -> np.ndarray:
-        self.check_fitted()
-        frame = as_polars(X)
-        check_columns(frame, self.feature_names_, type(self).__name__)
-        return self.encoder_.lgb_matrix(frame)
+        return lgb_input(self, X)
 
     def score(self, X: Any) -> np.ndarray:
         m = self._matrix(X)

@@ -185,6 +185,14 @@ class TabularEncoder:
         return np.hstack([m, self.frequencies(X)])
 
 
+def lgb_input(detector: Any, X: Any) -> np.ndarray:
+    """LightGBM input for a fitted tree detector (``encoder_``, ``feature_names_``): columns checked."""
+    detector.check_fitted()
+    frame = as_polars(X)
+    check_columns(frame, detector.feature_names_, type(detector).__name__)
+    return detector.encoder_.lgb_matrix(frame)
+
+
 def labels_array(y: Any, n: int) -> np.ndarray:
     """Binary labels as an int array of length ``n``; clear errors otherwise."""
     if y is None:
