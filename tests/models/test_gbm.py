@@ -69,3 +69,18 @@ def test_score_and_explain_in_one_pass_matches_score(rows: int) -> None:
     big = det.encoder_.lgb_matrix(X[1000:1100])
     np.testing.assert_array_equal(np.isnan(det.encoder_.lgb_matrix(part)), np.isnan(big[:rows]))
     np.testing.assert_allclose(np.nan_to_num(det.encoder_.lgb_matrix(part)), np.nan_to_num(big[:rows]))
+
+
+def test_seed_bag_round_trips_and_explains(tmp_path) -> None:
+    from shopguard.models import load_detector
+
+    X, y = _frame(1500)
+    det = LightGBMDetector(n_estimators=40, n_seeds=3).fit(X[:1000], y[:1000])
+    part = X[1000:1200]
+    scores, contrib = det.score_and_explain(part)
+    np.testing.assert_allclose(scores, det.score(part), rtol=1e-9, atol=1e-12)
+    assert contrib.shape == (200, len(det.feature_names_))
+    single = LightGBMDetector(n_estimators=40).fit(X[:1000], y[:1000])
+    assert not np.allclose(det.score(part), single.score(part))  # the bag really averages several models
+    loaded = load_detector(det.save(tmp_path / "bag"))
+    np.testing.assert_array_equal(loaded.score(part), det.score(part))
