@@ -88,54 +88,22 @@ def inject(world: World) -> None:
             ),
             known[again],
         )
+    def claim(kind: str, idx: np.ndarray, t: np.ndarray, reason: object, **extra: object) -> None:
+        """A refund or return on the abuser's orders ``idx``, labelled when the claim is investigated."""
+        inc.event(
+            world.events.add(kind, t, user=user[idx], order=order[idx], item=item[idx], merchant=merchant[idx],
+                             amount=amount[idx], currency=cur, reason=reason, **extra),
+            known[idx],
+        )
+
     # (a) and (c): refund for a parcel the carrier delivered.
     ac = np.flatnonzero(path != 1)
-    inc.event(
-        world.events.add(
-            "refund",
-            t_claim[ac] + rng.uniform(2, 48, ac.size) * HOUR,
-            user=user[ac],
-            order=order[ac],
-            item=item[ac],
-            merchant=merchant[ac],
-            amount=amount[ac],
-            currency=cur,
-            reason="item_not_received",
-        ),
-        known[ac],
-    )
+    claim("refund", ac, t_claim[ac] + rng.uniform(2, 48, ac.size) * HOUR, "item_not_received")
     # (b) a return claiming an empty box or the wrong thing, refunded in full.
     b = np.flatnonzero(path == 1)
     reason = rng.choice(RETURN_CLAIMS, b.size)
-    inc.event(
-        world.events.add(
-            "return",
-            t_claim[b],
-            user=user[b],
-            order=order[b],
-            item=item[b],
-            merchant=merchant[b],
-            amount=amount[b],
-            currency=cur,
-            reason=reason,
-            **{k: v[b] for k, v in home.items()},
-        ),
-        known[b],
-    )
-    inc.event(
-        world.events.add(
-            "refund",
-            t_claim[b] + rng.uniform(1, 5, b.size) * DAY,
-            user=user[b],
-            order=order[b],
-            item=item[b],
-            merchant=merchant[b],
-            amount=amount[b],
-            currency=cur,
-            reason=reason,
-        ),
-        known[b],
-    )
+    claim("return", b, t_claim[b], reason, **{k: v[b] for k, v in home.items()})
+    claim("refund", b, t_claim[b] + rng.uniform(1, 5, b.size) * DAY, reason)
     inc.order(order, known)
     # The user is known as an abuser once the first of their claims is investigated.
     first_known = {int(u): float(k) for u, k in sorted(zip(user, known, strict=True), key=lambda x: -x[1])}
