@@ -72,10 +72,14 @@ class Calibrator:
         if self.kind_ == "isotonic":
             # Isotonic regression is flat on blocks; a 0.1% blend with the score's percentile breaks the
             # ties so thresholds can still separate events inside a block (calibration moves <= 0.001).
-            iso = np.asarray(self.model_.predict(s), dtype=np.float64)
+            # np.interp over the fitted breakpoints is what IsotonicRegression(out_of_bounds="clip")
+            # computes, without sklearn's per-call validation (~0.3 ms for one event in the service).
+            iso = np.interp(s, self.model_.X_thresholds_, self.model_.y_thresholds_)
             return (1 - _TIE_BREAK) * iso + _TIE_BREAK * self._percentile(s)
         if self.kind_ == "platt":
-            return np.asarray(self.model_.predict_proba(self._platt_x(s))[:, 1], dtype=np.float64)
+            # The logistic by hand: predict_proba's input checks cost ~0.6 ms for a single event.
+            z = self._platt_x(s).reshape(-1) * float(self.model_.coef_[0, 0]) + float(self.model_.intercept_[0])
+            return 1.0 / (1.0 + np.exp(-z))
         return self._percentile(s)
 
     def _percentile(self, s: np.ndarray) -> np.ndarray:
