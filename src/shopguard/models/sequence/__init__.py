@@ -19,6 +19,10 @@ _EXPORTS = {
     "SequenceInput": "detectors", "SequenceSurpriseDetector": "detectors", "SequenceClassifierDetector": "detectors",
     "sequence_embeddings": "detectors", "surprise_features": "detectors", "SEQUENCE_DETECTORS": "detectors", "BEHAVIOUR_FIELDS": "detectors",
     "export_onnx": "export", "OnnxScorer": "export", "IncrementalScorer": "export",
+    "user_windows": "cutoffs", "UserWindows": "cutoffs",
+    "NextInterest": "interest", "PopularInterest": "interest", "UserFrequentInterest": "interest",
+    "UserRecentInterest": "interest", "InterestScores": "interest",
+    "ChurnRiskDetector": "churn", "ChurnInput": "churn",
 }
 __all__ = sorted(_EXPORTS)
 
