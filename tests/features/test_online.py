@@ -45,6 +45,9 @@ def test_parity_with_batch_on_a_seeded_log(shop: EventStore) -> None:
     assert batch["merchant_risk_7d"].drop_nulls().max() > 0
     assert batch["user_failed_payments_10m"].max() > 0 and batch["user_new_device"].sum() > 0
     assert batch["attr_tier"].drop_nulls().len() > 0
+    # ... and the ring (account-graph) features: rings form, labels known in time reach them.
+    assert batch["user_ring_size"].max() > 2 and batch["user_linked_accounts_shared_ip_24h"].max() > 0
+    assert batch["user_ring_known_fraud"].max() > 0 and batch["user_linked_max_failed_payments"].max() > 0
 
 
 def test_parity_when_labels_arrive_during_the_stream(shop: EventStore) -> None:
@@ -143,3 +146,4 @@ def test_parity_on_a_dense_log_with_many_ties(store: EventStore, log_factory: An
     online = [engine.update(r) for r in store.events().iter_rows(named=True)]
     assert mismatches(online, batch) == []
     assert batch["user_events_10m"].max() >= 5
+    assert batch["user_ring_size"].n_unique() > 3 and batch["user_ring_known_fraud_share"].drop_nulls().max() > 0

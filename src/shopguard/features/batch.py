@@ -12,6 +12,7 @@ Raw sums and counts come out of SQL and are finished by the same formulas as the
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -227,13 +228,35 @@ def _text_kind(store: EventStore, key: str, where: str, params: list[Any]) -> st
 
 
 def feature_set(store: EventStore | None = None, definitions: Sequence[FeatureDef] | FeatureSet | None = None,
-                *, until: datetime | None = None) -> FeatureSet:
-    """The feature set to train with: the definitions plus the attrs keys found in the store."""
+                *, until: datetime | None = None, rings: bool | None = None) -> FeatureSet:
+    """The feature set to train with: the definitions plus the attrs keys found in the store.
+
+    ``rings=False`` leaves out the ring (account-graph) features, whose batch pass is a Python replay of
+    the whole store. ``None`` keeps them unless ``SHOPGUARD_RING_FEATURES`` is ``0`` / ``false``, or the
+    store's events (before ``until``) carry nothing that links accounts (no device, IP, address, card or
+    item, e.g. a card-payment log): there every ring feature would be a constant. A ``FeatureSet``
+    passed in is returned as it is (a model's pinned set).
+    """
     if isinstance(definitions, FeatureSet):
         return definitions
     fs = as_feature_set(definitions)
     attrs = discover_attrs(store, until=until) if store is not None else ()
-    return FeatureSet(fs.definitions, attrs)
+    out = FeatureSet(fs.definitions, attrs)
+    if rings is None and out.graph_definitions:
+        rings = os.environ.get("SHOPGUARD_RING_FEATURES", "1").strip().lower() not in ("0", "false", "no", "off")
+        if rings and store is not None:
+            rings = _has_links(store, until)
+    return out if rings is not False else out.without_graph()
+
+
+def _has_links(store: EventStore, until: datetime | None) -> bool:
+    """Does any event (before ``until``) carry a value that can link two accounts?"""
+    from shopguard.features.definitions import GRAPH_LINK_FIELDS
+
+    any_link = " OR ".join(f"{c} IS NOT NULL" for c in GRAPH_LINK_FIELDS)
+    cond = f"user_id IS NOT NULL AND ({any_link})" + (" AND ts < ?" if until is not None else "")
+    rows = store.query(f"SELECT EXISTS (SELECT 1 FROM events WHERE {cond}) AS x", [until] if until is not None else [])
+    return bool(rows["x"][0])
 
 
 # -- the engine ------------------------------------------------------------------------------------------
@@ -325,6 +348,15 @@ def compute_features(
             finishers.extend(fin)
     if finishers:
         frame = frame.with_columns(finishers)
+    if fs.graph_definitions:
+        # Ring features: a time-ordered replay through the account-link graph (features.graph), the
+        # same code the online engine runs, joined like any other entity's columns.
+        from shopguard.features.graph import ring_feature_frame
+
+        step("ring features")
+        part = ring_feature_frame(store, fs.graph_definitions, since=since, until=until, types=types,
+                                  config=fs.graph_config())
+        frame = frame.join(part, on="event_id", how="left")
     return _finish(frame, fs)
 
 

@@ -11,7 +11,9 @@ Point-in-time semantics shared by every engine:
   ``t - delay - window <= ts < t - delay`` (``delay`` is 0 except for label-delayed features), so events
   at the same ``ts`` as the current one never count (ties are not "before");
 - ``window=None`` means all history before ``t``;
-- label-based features use only labels with ``labeled_at < t``.
+- label-based features use only labels with ``labeled_at < t``;
+- graph (ring) features see the account-link graph of the events strictly before ``t`` (ties excluded)
+  and the user labels known before ``t`` (``features.graph.RingFeatures``).
 
 >>> d = FeatureDef("card_failed_payments_10m", aggregate="count", entity="payment_instrument",
 ...                window="10m", types=("pay",), where=(("status", ("failure",)),),
@@ -66,9 +68,22 @@ CURRENT_AGGREGATES: tuple[str, ...] = (
     "seconds_between",  # `other` - `field`, both timestamps, in seconds
     "field_ratio",      # `field` / `other`, both numbers
 )
+#: Features of the account-link graph (``features.graph``): the user's ring as of the events before ``t``.
+GRAPH_AGGREGATES: tuple[str, ...] = (
+    "ring_size",                # accounts in the user's ring (connected component), the user included
+    "linked_accounts",          # accounts directly linked to the user (through `field` only, when given)
+    "ring_distinct",            # distinct `field` values (devices, cards, addresses) used by the ring's members
+    "ring_known_fraud",         # other ring members with a fraud label known before t
+    "ring_known_fraud_share",   # ... as a share of the other ring members (missing when alone)
+    "linked_known_fraud_share",  # share of the directly linked accounts with a fraud label known before t
+    "linked_mean",              # mean over the linked accounts of their matching events so far
+    "linked_max",               # max over the linked accounts of their matching events so far
+)
+#: Event columns that link accounts (``features.graph.LINK_FIELDS``), usable as a graph feature's ``field``.
+GRAPH_LINK_FIELDS: tuple[str, ...] = ("device_id", "ip", "address", "payment_instrument", "item_id")
 #: Features derived from other features of the same set.
 DERIVED_AGGREGATES: tuple[str, ...] = ("ratio",)  # inputs[0] / inputs[1], missing when the divisor is 0
-AGGREGATES = WINDOW_AGGREGATES + HISTORY_AGGREGATES + CURRENT_AGGREGATES + DERIVED_AGGREGATES
+AGGREGATES = WINDOW_AGGREGATES + HISTORY_AGGREGATES + CURRENT_AGGREGATES + GRAPH_AGGREGATES + DERIVED_AGGREGATES
 
 _UNITS_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -132,13 +147,15 @@ class FeatureDef:
 
     @property
     def kind(self) -> str:
-        """``window``, ``history``, ``current`` or ``derived``: which part of an engine runs it."""
+        """``window``, ``history``, ``current``, ``graph`` or ``derived``: which part of an engine runs it."""
         if self.aggregate in WINDOW_AGGREGATES:
             return "window"
         if self.aggregate in HISTORY_AGGREGATES:
             return "history"
         if self.aggregate in CURRENT_AGGREGATES:
             return "current"
+        if self.aggregate in GRAPH_AGGREGATES:
+            return "graph"
         return "derived"
 
     @property
@@ -175,6 +192,9 @@ class FeatureDef:
         parse_duration(self.window, f"{self.name}.window")
         parse_duration(self.delay, f"{self.name}.delay")
         kind = self.kind
+        if kind == "graph":
+            self._validate_graph(bad)
+            return
         if kind in ("window", "history"):
             if self.entity not in ENTITIES:
                 raise bad("entity", f"must be one of {', '.join(ENTITIES)}", self.entity)
@@ -205,6 +225,32 @@ class FeatureDef:
             raise bad("window", "and delay are both required for label_rate", (self.window, self.delay))
         if self.aggregate == "ratio" and len(self.inputs) != 2:
             raise bad("inputs", "must name exactly two features (numerator, divisor)", self.inputs)
+
+    def _validate_graph(self, bad: Any) -> None:
+        """Graph features are the user's: no window or delay (the link rules are the set's ``graph``)."""
+        if self.entity != "user_id":
+            raise bad("entity", "must be user_id for a graph feature", self.entity)
+        if self.window is not None or self.delay is not None:
+            raise bad("window", "and delay must be empty for a graph feature (link windows live in the "
+                      "feature set's graph config)", (self.window, self.delay))
+        if self.inputs or self.other is not None:
+            raise bad("inputs", "and other must be empty for a graph feature", (self.inputs, self.other))
+        if self.aggregate in ("linked_accounts", "ring_distinct"):
+            if self.aggregate == "ring_distinct" and self.field is None:
+                raise bad("field", "is required for aggregate 'ring_distinct'", None)
+            if self.field is not None and self.field not in GRAPH_LINK_FIELDS:
+                raise bad("field", f"must be a linking column ({', '.join(GRAPH_LINK_FIELDS)})", self.field)
+        elif self.field is not None:
+            raise bad("field", f"must be empty for aggregate {self.aggregate!r}", self.field)
+        if (self.types is not None or self.where) and self.aggregate not in ("linked_mean", "linked_max"):
+            raise bad("types", f"and where are only used by linked_mean / linked_max, not {self.aggregate!r}",
+                      (self.types, self.where))
+        for t in self.types or ():
+            if t not in EVENT_TYPES:
+                raise bad("types", f"has an unknown event type (allowed: {', '.join(EVENT_TYPES)})", t)
+        for col, _allowed in self.where:
+            if col not in COLUMN_BY_NAME or COLUMN_BY_NAME[col].kind == "json":
+                raise bad("where", "names an unknown column", col)
 
     # -- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -469,6 +515,69 @@ DEFAULT_FEATURES: tuple[FeatureDef, ...] = (
 )
 
 
+def _g(name: str, aggregate: str, describe: str, doc: str, **kw: Any) -> FeatureDef:
+    return FeatureDef(name=name, aggregate=aggregate, entity="user_id", describe=describe, doc=doc, **kw)
+
+
+#: The user's ring in the account-link graph (``features.graph``): who shares devices, IPs, addresses,
+#: cards or items with this account, and what is known about them. Link rules: the set's ``graph``.
+RING_FEATURE_DEFS: tuple[FeatureDef, ...] = (
+    _g("user_ring_size", "ring_size", "account is in a ring of {value:.0f} linked accounts",
+       "Accounts in the user's ring (linked through shared devices, IPs within 24 h, addresses, cards or "
+       "items acted on within 30 min, transitively), the user included; 1 when not linked."),
+    _g("user_linked_accounts", "linked_accounts", "account is linked to {value:.0f} others",
+       "Accounts directly linked to the user, through anything they share."),
+    _g("user_linked_accounts_shared_device", "linked_accounts",
+       "account is linked to {value:.0f} others through shared devices",
+       "Accounts that used a device this user used.", field="device_id"),
+    _g("user_linked_accounts_shared_ip_24h", "linked_accounts",
+       "account used the same IP address as {value:.0f} others within 24 h",
+       "Accounts that used an IP address within 24 h of this user using it.", field="ip"),
+    _g("user_linked_accounts_shared_address", "linked_accounts",
+       "account ships to the same address as {value:.0f} others",
+       "Accounts that shipped to an address this user shipped to.", field="address"),
+    _g("user_linked_accounts_shared_card", "linked_accounts",
+       "account pays with the same card as {value:.0f} others",
+       "Accounts that paid with a payment instrument this user paid with.", field="payment_instrument"),
+    _g("user_linked_accounts_coitem_30m", "linked_accounts",
+       "account reviewed, ordered or used coupons on the same item as {value:.0f} others within 30 min",
+       "Accounts that reviewed / ordered / used a coupon on the same item within 30 min of this user.",
+       field="item_id"),
+    _g("user_ring_devices", "ring_distinct", "this account's ring of accounts uses {value:.0f} devices",
+       "Distinct devices used by the accounts of the user's ring.", field="device_id"),
+    _f("user_ring_accounts_per_device", "ratio", "{value:.1f} accounts per device in this account's ring",
+       "Accounts in the ring / devices they use: many accounts on few devices is an account farm.",
+       inputs=("user_ring_size", "user_ring_devices")),
+    _g("user_ring_cards", "ring_distinct", "this account's ring of accounts pays with {value:.0f} cards",
+       "Distinct payment instruments used by the accounts of the user's ring.", field="payment_instrument"),
+    _f("user_ring_accounts_per_card", "ratio", "{value:.1f} accounts per card in this account's ring",
+       "Accounts in the ring / cards they pay with.", inputs=("user_ring_size", "user_ring_cards")),
+    _g("user_ring_known_fraud", "ring_known_fraud", "{value:.0f} known fraudsters in this account's ring",
+       "Other accounts of the user's ring with a fraud label known before this event."),
+    _g("user_ring_known_fraud_share", "ring_known_fraud_share",
+       "{value:.0%} of the accounts in this account's ring are known fraudsters",
+       "Known fraudsters / other accounts of the ring (labels known before this event); missing when alone."),
+    _g("user_linked_known_fraud_share", "linked_known_fraud_share",
+       "{value:.0%} of the accounts linked to this one are known fraudsters",
+       "Known fraudsters among the directly linked accounts (labels known before this event)."),
+    _g("user_linked_mean_events", "linked_mean", "linked accounts have {value:.0f} actions each on average",
+       "Mean number of events of the directly linked accounts so far (GADBench-style neighbour mean)."),
+    _g("user_linked_mean_orders", "linked_mean", "linked accounts placed {value:.1f} orders each on average",
+       "Mean number of orders of the directly linked accounts so far.", types=("order",)),
+    _g("user_linked_mean_reviews", "linked_mean", "linked accounts wrote {value:.1f} reviews each on average",
+       "Mean number of reviews of the directly linked accounts so far.", types=("review",)),
+    _g("user_linked_mean_coupons", "linked_mean", "linked accounts used {value:.1f} coupons each on average",
+       "Mean number of coupon uses of the directly linked accounts so far.", types=("coupon_use",)),
+    _g("user_linked_max_failed_payments", "linked_max", "a linked account has {value:.0f} failed payments",
+       "Most failed payments of any directly linked account so far.", types=("pay",), where=_FAIL),
+    _g("user_linked_max_refunds", "linked_max", "a linked account has {value:.0f} returns or refunds",
+       "Most returns and refunds of any directly linked account so far.", types=("refund", "return")),
+)
+#: Names of the ring features, for rules and docs.
+RING_FEATURE_NAMES: tuple[str, ...] = tuple(d.name for d in RING_FEATURE_DEFS)
+DEFAULT_FEATURES = DEFAULT_FEATURES + RING_FEATURE_DEFS
+
+
 # -- feature sets ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FeatureSet:
@@ -480,10 +589,14 @@ class FeatureSet:
     definitions: tuple[FeatureDef, ...] = DEFAULT_FEATURES
     attrs: tuple[AttrFeature, ...] = ()
     _by_name: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: Link rules of the account graph that differ from ``features.graph.GraphConfig``'s defaults, as
+    #: sorted ``(key, JSON value)`` pairs (hashable; part of the version only when set).
+    graph: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "definitions", tuple(self.definitions))
         object.__setattr__(self, "attrs", tuple(self.attrs))
+        object.__setattr__(self, "graph", _graph_overrides(self.graph))
         by_name: dict[str, Any] = {}
         for item in (*self.definitions, *self.attrs):
             if item.name in by_name or item.name in KEY_COLUMNS:
@@ -516,6 +629,26 @@ class FeatureSet:
         payload = json.dumps(self.to_dict(include_version=False), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    @property
+    def graph_definitions(self) -> list[FeatureDef]:
+        """The graph (ring) features of the set, run by ``features.graph.RingFeatures``."""
+        return [d for d in self.definitions if d.kind == "graph"]
+
+    def graph_config(self) -> Any:
+        """The set's link rules as a ``features.graph.GraphConfig`` (imported lazily: scipy is heavy)."""
+        from shopguard.features.graph import GraphConfig
+
+        try:
+            return GraphConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in self.graph})
+        except ValueError as exc:
+            raise ConfigError(f"feature set graph config: {exc}", field="graph", value=dict(self.graph)) from None
+
+    def without_graph(self) -> FeatureSet:
+        """The same set without ring features (and the ratios built on them): a cheaper batch pass."""
+        graph = {d.name for d in self.graph_definitions}
+        keep = tuple(d for d in self.definitions if d.name not in graph and not set(d.inputs) & graph)
+        return FeatureSet(keep, self.attrs)
+
     def get(self, name: str) -> FeatureDef | AttrFeature:
         try:
             return self._by_name[name]  # type: ignore[no-any-return]
@@ -531,6 +664,8 @@ class FeatureSet:
             "definitions": [x.to_dict() for x in self.definitions],
             "attrs": [{"key": a.key, "kind": a.kind} for a in self.attrs],
         }
+        if self.graph:
+            d["graph"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.graph}
         if include_version:
             d["version"] = self.version
         return d
@@ -538,11 +673,29 @@ class FeatureSet:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSet:
         fs = cls(tuple(FeatureDef.from_dict(x) for x in data.get("definitions", [])),
-                 tuple(AttrFeature(**a) for a in data.get("attrs", [])))
+                 tuple(AttrFeature(**a) for a in data.get("attrs", [])), graph=data.get("graph") or ())
         if "version" in data and data["version"] != fs.version:
             raise ConfigError(f"feature set version mismatch: stored {data['version']}, computed {fs.version}",
                               field="version", value=data["version"])
         return fs
+
+
+def _graph_overrides(graph: Any) -> tuple[tuple[str, Any], ...]:
+    """Validate link-rule overrides with ``GraphConfig`` and keep those that differ from its defaults, as
+    sorted ``(key, JSON value)`` pairs (timedeltas as ISO 8601 durations), so equal rules hash equally."""
+    items = dict(graph.items() if isinstance(graph, dict) else graph)
+    if not items:
+        return ()
+    from shopguard.features.graph import GraphConfig
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in items.items()}
+    try:
+        given = GraphConfig(**plain).model_dump(mode="json")
+    except ValueError as exc:
+        raise ConfigError(f"feature set graph config: {exc}", field="graph", value=plain) from None
+    default = GraphConfig().model_dump(mode="json")
+    return tuple(sorted((k, tuple(given[k]) if isinstance(given[k], list) else given[k])
+                        for k in items if given[k] != default[k]))
 
 
 def as_feature_set(definitions: FeatureSet | tuple[FeatureDef, ...] | list[FeatureDef] | None) -> FeatureSet:

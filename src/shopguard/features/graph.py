@@ -116,8 +116,11 @@ class RingIndex:
     (True, 2)
     """
 
-    def __init__(self, config: GraphConfig | None = None) -> None:
+    def __init__(self, config: GraphConfig | None = None, *, track_distinct: Iterable[str] = ()) -> None:
         self.config = config or GraphConfig()
+        # Link kinds whose distinct values are kept per ring (``ring_values``), merged small-into-large.
+        self._track = tuple(k for k in LINK_KINDS if k in set(track_distinct))
+        self._ring_values: dict[str, dict[str, set[str]]] = {}
         self._parent: dict[str, str] = {}
         self._size: dict[str, int] = {}
         self._fraud: dict[str, int] = {}  # per root: known fraudsters in the ring
@@ -128,6 +131,10 @@ class RingIndex:
         self._counters: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(USER_COUNTERS, 0.0))
         self._last_ts: datetime | None = None
         self.events_seen = 0
+        self._plan = [(kind, column, self.config.window(kind)) for kind, column in LINK_FIELDS.items()]
+        self._item_types = frozenset(self.config.item_event_types)
+        # The fixed per-user counters behind features_for's ring_nbr_* columns; RingFeatures keeps its own.
+        self.count_activity = True
 
     # -- union-find --------------------------------------------------------------------------------------
     def _add_user(self, u: str) -> None:
@@ -135,6 +142,8 @@ class RingIndex:
             self._parent[u] = u
             self._size[u] = 1
             self._fraud[u] = 1 if u in self._known_fraud else 0
+            if self._track:
+                self._ring_values[u] = {k: set() for k in self._track}
 
     def _find(self, u: str) -> str:
         parent = self._parent
@@ -152,6 +161,14 @@ class RingIndex:
         self._parent[rb] = ra
         self._size[ra] += self._size.pop(rb)
         self._fraud[ra] += self._fraud.pop(rb)
+        if self._track:
+            into, other = self._ring_values[ra], self._ring_values.pop(rb)
+            for k in self._track:
+                a, b = into[k], other[k]
+                if len(a) < len(b):
+                    a, b = b, a  # small-into-large keeps merging O(n log n) over the whole replay
+                a |= b
+                into[k] = a
 
     # -- learning ----------------------------------------------------------------------------------------
     def add_label(self, user_id: str, label: int = 1) -> None:
@@ -168,17 +185,18 @@ class RingIndex:
         if user_id in self._parent:
             self._fraud[self._find(user_id)] += 1 if now else -1
 
-    def add_event(self, record: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    def add_event(self, record: Mapping[str, Any], *, ts: datetime | None = None) -> list[tuple[str, str, str, str]]:
         """Learn one event; returns the new links it made as ``(user, other_user, kind, shared_value)``.
 
         Events must arrive in time order (as the service and the batch replay deliver them); an event
         older than the last one is refused, because windowed IP / item links would silently differ.
+        ``ts`` (naive UTC) overrides the record's own time, for callers that already parsed it.
         """
         user = record.get("user_id")
         if user in (None, ""):
             return []  # shipments and price changes carry no account
         user = str(user)
-        ts = _as_ts(record.get("ts"))
+        ts = _as_ts(record.get("ts")) if ts is None else ts
         if self._last_ts is not None and ts < self._last_ts:
             raise ValidationFailed(
                 f"ts: events must be added in time order ({ts.isoformat()} < {self._last_ts.isoformat()})",
@@ -188,36 +206,49 @@ class RingIndex:
         self._last_ts = ts
         self.events_seen += 1
         self._add_user(user)
-        self._count(user, record)
+        if self.count_activity:
+            self._count(user, record)
         new: list[tuple[str, str, str, str]] = []
         etype = record.get("type")
-        for kind, column in LINK_FIELDS.items():
+        cap = self.config.max_entity_users
+        mine = self._neighbours.get(user)
+        for kind, column, window in self._plan:
             value = record.get(column)
-            if value in (None, ""):
+            if value is None or value == "":
                 continue
-            if kind == "item" and etype not in self.config.item_event_types:
+            if kind == "item" and etype not in self._item_types:
                 continue
             value = str(value)
-            ent = self._entities[kind].setdefault(value, _Entity())
-            cap = self.config.max_entity_users
-            first_time = user not in ent.rank
+            if kind in self._track:
+                self._ring_values[self._find(user)][kind].add(value)
+            ents = self._entities[kind]
+            ent = ents.get(value)
+            if ent is None:  # no eager _Entity() per event: setdefault would build one every time
+                ent = ents[value] = _Entity()
+            rank = ent.rank.get(user)
+            first_time = rank is None
             if first_time:
-                ent.rank[user] = len(ent.rank) + 1
-                if ent.rank[user] <= cap:
+                rank = ent.rank[user] = len(ent.rank) + 1
+                if rank <= cap:
                     ent.first.append(user)
-            if ent.rank[user] > cap:
+            if rank > cap:
                 continue  # this account came after the hub cap: it does not link through this value
             ent.last_seen[user] = ts
-            window = self.config.window(kind)
             if window is None and not first_time:
                 continue  # static links were all made the first time this account used the value
             for other in ent.first:
                 if other == user:
                     continue
-                if window is not None and ts - ent.last_seen[other] > window:
-                    continue
+                if window is not None:
+                    if mine is not None:
+                        kinds = mine.get(other)
+                        if kinds is not None and kind in kinds:
+                            continue  # already linked this way: nothing to learn
+                    if ts - ent.last_seen[other] > window:
+                        continue
                 if self._link(user, other, kind, value):
                     new.append((user, other, kind, value))
+                    mine = self._neighbours.get(user)
         return new
 
     def _count(self, user: str, record: Mapping[str, Any]) -> None:
@@ -257,6 +288,13 @@ class RingIndex:
 
     def ring_size(self, user_id: str) -> int:
         return self._size[self._find(user_id)] if user_id in self._parent else 0
+
+    def ring_values(self, user_id: str, kind: str) -> set[str]:
+        """Distinct values of a tracked link kind (``track_distinct``) used by the members of the user's ring."""
+        if kind not in self._track:
+            raise ValidationFailed(f"kind: {kind!r} is not tracked by this index (tracked: {', '.join(self._track)})",
+                                   field="kind", value=kind)
+        return self._ring_values[self._find(user_id)][kind] if user_id in self._parent else set()
 
     def neighbours(self, user_id: str) -> dict[str, set[str]]:
         return dict(self._neighbours.get(user_id, {}))
@@ -488,6 +526,304 @@ def linked_accounts(store_or_graph: EventStore | RingIndex, user_id: str) -> lis
     """
     index = store_or_graph if isinstance(store_or_graph, RingIndex) else build_ring_index(store_or_graph)
     return index.linked_accounts(user_id)
+
+
+# -- ring features as feature definitions (both feature engines) -------------------------------------------
+#: Event column -> link kind, for graph feature definitions' ``field``.
+FIELD_KINDS: dict[str, str] = {column: kind for kind, column in LINK_FIELDS.items()}
+_LABEL_AGGREGATES = ("ring_known_fraud", "ring_known_fraud_share", "linked_known_fraud_share")
+(_OP_SIZE, _OP_DEGREE, _OP_KIND, _OP_DISTINCT, _OP_RING_FRAUD, _OP_RING_SHARE, _OP_LINKED_SHARE, _OP_MAX,
+ _OP_MEAN) = range(9)
+_OPS = {"ring_size": _OP_SIZE, "linked_accounts": _OP_DEGREE, "ring_distinct": _OP_DISTINCT,
+        "ring_known_fraud": _OP_RING_FRAUD, "ring_known_fraud_share": _OP_RING_SHARE,
+        "linked_known_fraud_share": _OP_LINKED_SHARE, "linked_max": _OP_MAX, "linked_mean": _OP_MEAN}
+
+
+class RingFeatures:
+    """Graph ``FeatureDef``s (``kind == "graph"``) over a live ``RingIndex``: the shared core of both engines.
+
+    The batch engine (``ring_feature_frame``) and the online engine (``OnlineFeatureEngine``) drive
+    the same object the same way: before an event at ``t``, ``advance(t)`` applies the user labels with
+    ``labeled_at < t``. ``values(record)`` then reads the ring as the events learnt so far left it, and
+    the engine calls ``learn`` only once a later ``ts`` arrives, so events sharing a ``ts`` never see each
+    other. An event label (``label = 1``) counts as a label of the event's user.
+
+    >>> from shopguard.features.definitions import RING_FEATURE_DEFS
+    >>> rf = RingFeatures(RING_FEATURE_DEFS)
+    >>> t = datetime(2024, 1, 1)
+    >>> rf.learn({"type": "login", "user_id": "a", "device_id": "d"}, t)
+    >>> rf.learn({"type": "login", "user_id": "b", "device_id": "d"}, t + timedelta(minutes=1))
+    >>> rf.advance(t + timedelta(minutes=2))
+    >>> v = rf.features({"type": "login", "user_id": "c", "device_id": "d"})
+    >>> v["user_ring_size"], v["user_linked_accounts"]
+    (1.0, 0.0)
+    >>> v = rf.features({"type": "login", "user_id": "a"})
+    >>> v["user_ring_size"], v["user_linked_accounts_shared_device"], v["user_ring_devices"]
+    (2.0, 1.0, 1.0)
+    """
+
+    def __init__(self, definitions: Iterable[Any], config: GraphConfig | None = None) -> None:
+        self.definitions = [d for d in definitions if getattr(d, "kind", None) == "graph"]
+        self.names = [d.name for d in self.definitions]
+        track = {FIELD_KINDS[d.field] for d in self.definitions if d.aggregate == "ring_distinct"}
+        self.config = config or GraphConfig()
+        self._track = tuple(track)
+        # One per-user counter of matching events per distinct (types, where) filter of linked_mean / max.
+        self._filters: list[tuple[frozenset[str] | None, tuple[tuple[str, frozenset[Any]], ...]]] = []
+        self._plan: list[tuple[str, str, int]] = []  # (aggregate, link kind or "", filter index)
+        for d in self.definitions:
+            fid = -1
+            if d.aggregate in ("linked_mean", "linked_max"):
+                key = (frozenset(d.types) if d.types is not None else None,
+                       tuple((c, frozenset(a)) for c, a in d.where))
+                if key not in self._filters:
+                    self._filters.append(key)
+                fid = self._filters.index(key)
+            self._plan.append((d.aggregate, FIELD_KINDS.get(d.field or "", ""), fid))
+        self._ops: list[tuple[int, Any]] = []
+        for agg, kind, fid in self._plan:
+            op = _OPS[agg]
+            if agg == "linked_accounts" and kind:
+                op = _OP_KIND
+            self._ops.append((op, fid if fid >= 0 else kind))
+        self._by_kind = any(a == "linked_accounts" and k for a, k, _ in self._plan)
+        self._by_type: dict[Any, list[int]] = {}
+        # The values of an account with no links, except ring_distinct (its own devices / cards).
+        alone = {_OP_SIZE: 1.0, _OP_DEGREE: 0.0, _OP_KIND: 0.0, _OP_DISTINCT: 0.0, _OP_RING_FRAUD: 0.0}
+        self._alone: list[float | None] = [alone.get(op) for op, _ in self._ops]
+        self._alone_distinct = [(i, arg) for i, (op, arg) in enumerate(self._ops) if op == _OP_DISTINCT]
+        self._uses_labels = any(a in _LABEL_AGGREGATES for a, _, _ in self._plan)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every event and label."""
+        self.index = RingIndex(self.config, track_distinct=self._track)
+        self.index.count_activity = False
+        n = len(self._filters)
+        self._counts: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]
+        # Kept up to date as links, events and labels arrive, so reading a user's features is O(1):
+        self._nbr_sum: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]  # sum of neighbours' counts
+        self._nbr_max: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]  # max of neighbours' counts
+        self._kind_links: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # user -> kind -> links
+        self._fraud_nbrs: dict[str, int] = defaultdict(int)  # user -> known fraudsters among the links
+        self._labels: list[tuple[datetime, int, str, int]] = []  # heap of (labeled_at, seq, user, label)
+        self._seq = 0
+        self._event_user: dict[str, str] = {}  # event -> user, so event labels reach the user
+        self._waiting: dict[str, datetime] = {}  # labels of events not seen yet: event -> labeled_at
+        self._last: datetime | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.names)
+
+    @property
+    def needed_columns(self) -> set[str]:
+        """Event columns the ring needs (links, the counters' filters)."""
+        cols = {"event_id", "ts", "type", "user_id", *LINK_FIELDS.values()}
+        for d in self.definitions:
+            cols.update(c for c, _ in d.where)
+        return cols
+
+    # -- labels --------------------------------------------------------------------------------------------
+    def add_user_label(self, user_id: str, label: int, labeled_at: datetime) -> None:
+        """A user label that counts for events strictly after ``labeled_at`` (0 clears an earlier 1)."""
+        if not self._uses_labels:
+            return
+        heapq.heappush(self._labels, (labeled_at, self._seq, str(user_id), int(label)))
+        self._seq += 1
+
+    def add_label(self, entity_kind: str, entity_id: str, label: int, labeled_at: datetime) -> None:
+        """A label from the labels table: user labels as they are, positive event labels for the event's user."""
+        if not self._uses_labels:
+            return
+        if entity_kind == "user":
+            self.add_user_label(entity_id, label, labeled_at)
+        elif entity_kind == "event" and int(label) == 1:
+            user = self._event_user.get(str(entity_id))
+            if user is not None:
+                self.add_user_label(user, 1, labeled_at)
+            else:  # the event has not arrived yet: the label waits for it
+                prev = self._waiting.get(str(entity_id))
+                self._waiting[str(entity_id)] = labeled_at if prev is None else min(prev, labeled_at)
+
+    def advance(self, ts: datetime) -> None:
+        """Apply the labels known before ``ts`` (``labeled_at < ts``)."""
+        heap = self._labels
+        idx = self.index
+        while heap and heap[0][0] < ts:
+            _, _, user, label = heapq.heappop(heap)
+            was = user in idx._known_fraud
+            idx.add_label(user, label)
+            now = user in idx._known_fraud
+            if was != now:
+                step = 1 if now else -1
+                for w in idx._neighbours.get(user, ()):
+                    self._fraud_nbrs[w] += step
+
+    # -- events --------------------------------------------------------------------------------------------
+    def learn(self, record: Mapping[str, Any], ts: datetime) -> None:
+        """Learn one event into the ring. A late event is learnt as if it came at the latest time seen."""
+        if self._last is not None and ts < self._last:
+            ts = self._last
+        self._last = ts
+        user = record.get("user_id")
+        if user in (None, ""):
+            return
+        user = str(user)
+        idx = self.index
+        new = idx.add_event(record, ts=ts)
+        if new:
+            self._new_links(new)
+        nbrs = idx._neighbours.get(user)
+        etype = record.get("type")
+        fids = self._by_type.get(etype)
+        if fids is None:  # filters whose types admit this event type, worked out once per type
+            fids = self._by_type[etype] = [i for i, (types, _) in enumerate(self._filters)
+                                           if types is None or etype in types]
+        for i in fids:
+            where = self._filters[i][1]
+            if where and not all(record.get(c) in allowed for c, allowed in where):
+                continue
+            counts = self._counts[i]
+            c = counts[user] + 1
+            counts[user] = c
+            if nbrs:
+                sums, maxes = self._nbr_sum[i], self._nbr_max[i]
+                for w in nbrs:
+                    sums[w] += 1
+                    if maxes[w] < c:
+                        maxes[w] = c
+        if self._uses_labels:
+            eid = record.get("event_id")
+            if eid is not None:
+                eid = str(eid)
+                self._event_user[eid] = user
+                waiting = self._waiting.pop(eid, None)
+                if waiting is not None:
+                    self.add_user_label(user, 1, waiting)
+
+    def _new_links(self, new: list[tuple[str, str, str, str]]) -> None:
+        """Fold the links one event made into the per-user aggregates."""
+        idx = self.index
+        added: dict[tuple[str, str], int] = defaultdict(int)
+        for u, v, kind, _value in new:
+            if self._by_kind:
+                self._kind_links[u][kind] += 1
+                self._kind_links[v][kind] += 1
+            added[(u, v)] += 1
+        for (u, v), k in added.items():
+            if len(idx._neighbours[u][v]) != k:
+                continue  # the pair was linked before (through another kind): already a neighbour
+            for i in range(len(self._filters)):
+                counts, sums, maxes = self._counts[i], self._nbr_sum[i], self._nbr_max[i]
+                cu, cv = counts.get(u, 0), counts.get(v, 0)
+                sums[u] += cv
+                sums[v] += cu
+                if maxes[u] < cv:
+                    maxes[u] = cv
+                if maxes[v] < cu:
+                    maxes[v] = cu
+            if self._uses_labels:
+                if v in idx._known_fraud:
+                    self._fraud_nbrs[u] += 1
+                if u in idx._known_fraud:
+                    self._fraud_nbrs[v] += 1
+
+    def values(self, record: Mapping[str, Any]) -> list[float | None]:
+        """The graph features of an event from the current state, in ``names`` order (no learning)."""
+        user = record.get("user_id")
+        if user is None or user == "":
+            return [None] * len(self._ops)
+        user = str(user)
+        idx = self.index
+        root = idx._find(user) if user in idx._parent else None
+        size = idx._size[root] if root is not None else 1
+        if size == 1:  # an account linked to nobody (most events): constants, plus its own devices / cards
+            out = list(self._alone)
+            for pos, kind in self._alone_distinct:
+                out[pos] = float(len(idx._ring_values[root][kind])) if root is not None else 0.0
+            return out
+        nbrs = idx._neighbours.get(user)
+        degree = len(nbrs) if nbrs else 0
+        out = []
+        append = out.append
+        for op, arg in self._ops:  # integer op codes: this runs for every event of a backfill
+            if op == _OP_SIZE:
+                append(float(size))
+            elif op == _OP_DEGREE:
+                append(float(degree))
+            elif op == _OP_KIND:
+                links = self._kind_links.get(user)
+                append(float(links.get(arg, 0)) if links else 0.0)  # type: ignore[call-overload]
+            elif op == _OP_DISTINCT:
+                append(float(len(idx._ring_values[root][arg])) if root is not None else 0.0)  # type: ignore[index]
+            elif op == _OP_RING_FRAUD or op == _OP_RING_SHARE:
+                others = (idx._fraud[root] - (1 if user in idx._known_fraud else 0)) if root is not None else 0
+                if op == _OP_RING_FRAUD:
+                    append(float(others))
+                else:
+                    append(others / (size - 1) if size > 1 else None)
+            elif op == _OP_LINKED_SHARE:
+                append(self._fraud_nbrs.get(user, 0) / degree if degree else None)
+            elif not degree:  # linked_mean / linked_max without links
+                append(None)
+            elif op == _OP_MAX:
+                append(float(self._nbr_max[arg].get(user, 0)))  # type: ignore[index]
+            else:
+                append(self._nbr_sum[arg].get(user, 0) / degree)  # type: ignore[index]
+        return out
+
+    def features(self, record: Mapping[str, Any]) -> dict[str, float | None]:
+        """``values`` as a name -> value mapping."""
+        return dict(zip(self.names, self.values(record), strict=True))
+
+
+def ring_feature_frame(
+    store: EventStore,
+    definitions: Iterable[Any],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Iterable[str] | None = None,
+    config: GraphConfig | None = None,
+) -> pl.DataFrame:
+    """Point-in-time graph features for the events with ``since <= ts < until`` (and type in ``types``).
+
+    Replays the store in time order through ``RingFeatures`` (the graph has no horizon, so the replay
+    starts at the first event even when ``since`` is late). Per distinct ``ts``: apply the labels known
+    before it, compute the features of its events, then learn them together. Columns: ``event_id`` and
+    the graph features, Float64.
+    """
+    rf = RingFeatures(definitions, config)
+    schema = {"event_id": pl.Utf8, **{n: pl.Float64 for n in rf.names}}
+    if not rf.names:
+        return pl.DataFrame(schema=schema)
+    for user, label, labeled_at in _user_labels(store, until).iter_rows():
+        rf.add_user_label(user, label, labeled_at)
+    wanted = set(types) if types is not None else None
+    cols = sorted(rf.needed_columns)
+    events = store.events(until=until, columns=cols)
+    rows: list[list[Any]] = []
+    pending: list[dict[str, Any]] = []
+    current: datetime | None = None
+    learn, values, advance = rf.learn, rf.values, rf.advance
+    for rec in events.iter_rows(named=True):
+        ts = rec["ts"]
+        if ts != current:
+            for p in pending:
+                learn(p, current)  # type: ignore[arg-type]
+            pending.clear()
+            current = ts
+            advance(ts)
+        if (since is None or ts >= since) and (wanted is None or rec["type"] in wanted):
+            row = values(rec)
+            row.append(rec["event_id"])
+            rows.append(row)
+        pending.append(rec)
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    frame = pl.DataFrame(rows, schema={**{n: pl.Float64 for n in rf.names}, "event_id": pl.Utf8}, orient="row")
+    return frame.select(list(schema))
 
 
 # -- batch components (independent check of the index) --------------------------------------------------

@@ -9,6 +9,8 @@ after a restart. Events are expected in non-decreasing ``ts`` order; a late even
 State per entity: a deque of ``(ts, value)`` with running count / sum / sum of squares (and a value
 counter for distinct counts) per window, the last / first time per filter, the last time each value was
 seen for new-value flags, and sorted timestamps plus known positives for label-delayed merchant risk.
+Ring (account-graph) features run through ``features.graph.RingFeatures``, the object the batch engine
+replays: computed in ``update``, learnt with the pending events, user and event labels via ``learn_label``.
 
 >>> eng = OnlineFeatureEngine([FeatureDef("user_events_1h", "count", entity="user_id", window="1h")])
 >>> eng.update({"event_id": "a", "type": "login", "ts": "2024-05-01T10:00:00", "user_id": "u"})
@@ -24,7 +26,7 @@ import math
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,6 +47,11 @@ def ts_us(value: Any, field_name: str = "ts") -> int:
     dt = value if isinstance(value, datetime) and value.tzinfo is None else to_utc_naive(value, field_name)
     d = dt - _EPOCH
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _as_dt(t: int) -> datetime:
+    """Microseconds since the epoch back to a naive-UTC datetime (the ring index works in datetimes)."""
+    return _EPOCH + timedelta(microseconds=t)
 
 
 def _opt_ts_us(value: Any) -> int | None:
@@ -181,6 +188,12 @@ class OnlineFeatureEngine:
             spec.fid = filters.setdefault((spec.types, spec.where), len(filters))
         self._numeric_fields = {s.field for s in self._specs.values() if s.numeric}
         self._pos_specs = [s for s in self._specs.values() if s.kind == "pos"]
+        # Ring (account-graph) features: the same RingFeatures object the batch engine replays.
+        self._rings: Any = None
+        if self.feature_set.graph_definitions:
+            from shopguard.features.graph import RingFeatures
+
+            self._rings = RingFeatures(self.feature_set.graph_definitions, self.feature_set.graph_config())
         self._lock = threading.RLock()  # the service may call from several threads
         self.reset()
 
@@ -202,7 +215,14 @@ class OnlineFeatureEngine:
         self._pos_index: dict[str, tuple[int, str | None, list[tuple[_Spec, Any]]]] = {}
         self._order_events: dict[str, list[str]] = {}
         self._index_order: deque[tuple[int, str]] = deque()
+        if self._rings is not None:
+            self._rings.reset()
         self.events_seen = 0
+
+    @property
+    def ring_index(self) -> Any:
+        """The live account-link graph behind the ring features (``features.graph.RingIndex``), or None."""
+        return self._rings.index if self._rings is not None else None
 
     # -- the contract --------------------------------------------------------------------------------
     def update(self, record: dict[str, Any]) -> dict[str, Value]:
@@ -233,7 +253,11 @@ class OnlineFeatureEngine:
                 self._learn(rec, t)
 
     def learn_label(self, entity_kind: str, entity_id: str, label: int, labeled_at: Any) -> None:
-        """Take a label into account for label-delayed features (used only once ``labeled_at < t``)."""
+        """Take a label into account for label-delayed and ring features (used only once ``labeled_at < t``)."""
+        if self._rings is not None and entity_kind in ("user", "event"):
+            k = ts_us(labeled_at, "labeled_at")
+            with self._lock:
+                self._rings.add_label(entity_kind, str(entity_id), int(label), _as_dt(k))
         if int(label) != 1 or entity_kind not in ("event", "order"):
             return
         k = ts_us(labeled_at, "labeled_at")
@@ -277,6 +301,8 @@ class OnlineFeatureEngine:
         for d in self.feature_set.definitions:
             cols.update(c for c in (d.entity, d.field, d.other) if c)
             cols.update(c for c, _ in d.where)
+        if self._rings is not None:
+            cols.update(self._rings.needed_columns)
         return cols
 
     def _normalise(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +371,8 @@ class OnlineFeatureEngine:
                         seen[v] = t
         if self._pos_specs:
             self._learn_positive(rec, t)
+        if self._rings is not None:
+            self._rings.learn(rec, _as_dt(t))
 
     def _learn_positive(self, rec: dict[str, Any], t: int) -> None:
         targets = [(s, rec.get(s.entity)) for s in self._pos_specs  # type: ignore[arg-type]
@@ -426,6 +454,10 @@ class OnlineFeatureEngine:
                 fresh = prev is None or (spec.window is not None and prev < t - spec.window)
                 for name, *_ in feats:
                     out[name] = 1.0 if fresh else 0.0
+        if self._rings is not None:
+            self._rings.advance(_as_dt(t))
+            for name, v in zip(self._rings.names, self._rings.values(rec), strict=True):
+                out[name] = v
         for name, num_name, den_name in self._derived:
             num, den = out[num_name], out[den_name]
             out[name] = num / den if num is not None and den else None  # type: ignore[operator]
