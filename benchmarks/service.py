@@ -1,17 +1,22 @@
-"""Decision-service benchmark: latency in-process and over HTTP (closed and open loop), sustained events/s.
+"""Decision-service benchmark: latency in-process and over HTTP (open and closed loop), sustained events/s.
 
-    nice -n 10 .venv/bin/python benchmarks/service.py [--model DIR] [--sequence-model DIR] [--json out.json]
+    nice -n 10 .venv/bin/python benchmarks/service.py [--model DIR] [--train-transformer] [--json out.json]
 
 A simulated shop gives realistic traffic: its first days are stored as history (online features and the
 account graph are rebuilt from them), the rest is replayed as live events. Without ``--model`` a small
 LightGBM bundle is trained on the history first. Every run is bounded in count and time.
 
 Reported: decision latency p50/p99/p99.9 in-process (decide + durable commit, one event at a time) and
-over HTTP on loopback; closed loop (N clients back to back) and open loop (fixed arrival rate, latency
-measured from each request's scheduled time so a stall is not hidden); sustained events/s through the
-batch endpoint; with and without the behaviour transformer when ``--sequence-model`` is given.
-Published figures and targets are printed beside ours; ratios are against the in-process rules-only
-baseline measured in the same run.
+over HTTP on loopback against ``shopguard serve`` in its own process (auth on). The HTTP load comes from
+a separate process running a raw asyncio HTTP/1.1 client over keep-alive connections, so the client
+costs ~0.1-0.2 ms CPU per request and never shares the server's interpreter. Open loop (``--rates``):
+requests are due at fixed times whatever the server does and latency counts from the due time, so a
+stall is never hidden (no coordinated omission). Closed loop (``--clients`` connections back to back):
+the max sustained rate. Batch endpoint: sustained events/s. Each row also carries the server process's
+CPU time per event (from /proc), which does not depend on what else the machine runs. With
+``--sequence-model``/``--train-transformer`` the in-process and HTTP rows are repeated with the
+behaviour transformer in the path. Published figures and targets are printed beside ours; ratios are
+against the in-process rules-only baseline measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -191,6 +195,14 @@ class Server:
             time.sleep(0.2)
         self.headers = {"Authorization": f"Bearer {self.key}", "content-type": "application/json"}
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (all its threads), from /proc."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -200,106 +212,148 @@ class Server:
                 self.proc.kill()
 
 
-def closed_loop(server: Server, events: list[dict[str, Any]], clients: int) -> dict[str, Any]:
-    """``clients`` threads send single events back to back."""
-    lat: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    chunks = [events[i::clients] for i in range(clients)]
-
-    def run(chunk: list[dict[str, Any]]) -> None:
-        nonlocal errors
-        with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as c:
-            for rec in chunk:
-                body = json.dumps(rec)
-                t = time.perf_counter()
-                r = c.post("/v1/events", content=body)
-                dt = time.perf_counter() - t
-                with lock:
-                    lat.append(dt)
-                    errors += r.status_code != 200
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(ch,)) for ch in chunks]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"events": len(events), "clients": clients, "errors": errors, "events_per_s": len(events) / wall,
-            **pct(lat)}
+# -- load generator: a separate process with a raw asyncio HTTP/1.1 client ---------------------------------
+def _http_request(path: str, headers: dict[str, str], body: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode() + b"\r\n" + body
 
 
-def open_loop(server: Server, events: list[dict[str, Any]], rate: float, workers: int = 64) -> dict[str, Any]:
-    """Requests start at a fixed rate whatever the server does; latency counts from the scheduled time.
+async def _drive(port: int, requests: list[bytes], rate: float | None, connections: int,
+                 timeout: float) -> dict[str, Any]:
+    """Send ``requests`` over ``connections`` keep-alive connections.
 
-    A pool of threads (each with its own keep-alive connection) sends them, so a slow answer never
-    delays the next send (no coordinated omission) as long as fewer than ``workers`` are outstanding.
+    Open loop (``rate`` given): request i is due at ``t0 + i / rate`` whatever the server does, and its
+    latency counts from that due time, so time spent waiting for a free connection behind a slow answer
+    is counted (no coordinated omission). Closed loop (``rate`` None): each connection sends back to back.
     """
-    import concurrent.futures as cf
+    import asyncio
 
-    local = threading.local()
-    lat: list[float] = []
-    errors = 0
-    lock = threading.Lock()
+    loop = asyncio.get_running_loop()
+    n = len(requests)
+    lat = [float("nan")] * n
+    status = [0] * n
+    queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
 
-    def client() -> httpx.Client:
-        c = getattr(local, "client", None)
-        if c is None:
-            c = local.client = httpx.Client(base_url=server.url, headers=server.headers, timeout=30)
-        return c
-
-    def one(scheduled: float, body: str) -> None:
-        nonlocal errors
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            r = client().post("/v1/events", content=body)
-            ok = r.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        with lock:
-            lat.append(time.perf_counter() - scheduled)
-            errors += not ok
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                i, due = item
+                if rate is None:
+                    due = time.perf_counter()
+                try:
+                    writer.write(requests[i])
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line[:15].lower() == b"content-length:":
+                            length = int(line[15:])
+                    if length:
+                        await asyncio.wait_for(reader.readexactly(length), timeout)
+                    status[i] = int(head[9:12])
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                    status[i] = -1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                lat[i] = time.perf_counter() - due
+        finally:
+            writer.close()
 
-    bodies = [json.dumps(rec) for rec in events]
+    workers = [loop.create_task(connection()) for _ in range(connections)]
+    await asyncio.sleep(0.05)  # connections open before the clock starts
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(workers) as pool:
-        for i, body in enumerate(bodies):
-            scheduled = t0 + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(one, scheduled, body)
+    if rate is None:
+        for i in range(n):
+            queue.put_nowait((i, 0.0))
+    else:
+        for i in range(n):
+            due = t0 + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            queue.put_nowait((i, due))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
     wall = time.perf_counter() - t0
-    return {"events": len(events), "rate": rate, "errors": errors, "achieved_events_per_s": len(events) / wall,
-            **pct(lat)}
+    ok = [lat[i] for i in range(n) if status[i] == 200]
+    return {"events_sent": n, "errors": n - len(ok), "wall_s": wall, "latencies": ok,
+            "client_cpu_s": time.process_time()}
 
 
-def batch_load(server: Server, events: list[dict[str, Any]], batch: int, clients: int) -> dict[str, Any]:
-    """Sustained ingestion through the batch endpoint: ``clients`` threads, ``batch`` events per request."""
-    bodies = [json.dumps({"events": events[i:i + batch]}) for i in range(0, len(events), batch)]
-    lat: list[float] = []
-    errors = 0
-    lock = threading.Lock()
+def loadgen(port: int, requests: list[bytes], rate: float | None, connections: int, timeout: float = 30.0
+            ) -> dict[str, Any]:
+    """Entry point of the load-generator process (uvloop when installed: it costs the client less CPU)."""
+    import asyncio
 
-    def run(mine: list[str]) -> None:
-        nonlocal errors
-        with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as c:
-            for body in mine:
-                t = time.perf_counter()
-                r = c.post("/v1/events", content=body)
-                with lock:
-                    lat.append(time.perf_counter() - t)
-                    errors += r.status_code != 200
+    try:
+        import uvloop
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(bodies[i::clients],)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"events": len(events), "batch": batch, "clients": clients, "errors": errors,
-            "events_per_s": len(events) / wall, **pct(lat)}
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    cpu0 = time.process_time()
+    out = runner(_drive(port, requests, rate, connections, timeout))
+    out["client_cpu_s"] = time.process_time() - cpu0
+    return out
+
+
+class LoadGenerator:
+    """The load generator in its own process (spawned once), so its CPU never counts as the server's and
+    its event loop never waits on ours. Everything it sends is encoded here, beforehand."""
+
+    def __init__(self) -> None:
+        import multiprocessing as mp
+
+        self.pool = mp.get_context("spawn").Pool(1)
+
+    def run(self, server: Server, bodies: list[bytes], rate: float | None, connections: int) -> dict[str, Any]:
+        headers = {k.lower(): v for k, v in server.headers.items()}
+        requests = [_http_request("/v1/events", headers, b) for b in bodies]
+        cpu0 = server.cpu_seconds()
+        out: dict[str, Any] = self.pool.apply(loadgen, (server.port, requests, rate, connections))
+        cpu = server.cpu_seconds() - cpu0
+        lat = out.pop("latencies")
+        n = len(bodies)
+        return {"requests": n, "rate": rate, "connections": connections, "errors": out["errors"],
+                "achieved_per_s": len(lat) / out["wall_s"] if out["wall_s"] else 0.0,
+                "server_cpu_ms_per_request": 1000 * cpu / n, "client_cpu_ms_per_request": 1000 * out["client_cpu_s"] / n,
+                **pct(lat)}
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class Stream:
+    """Live events handed out in time order, each once; replayed with fresh ids when it runs out."""
+
+    def __init__(self, live: list[dict[str, Any]]) -> None:
+        self.live = live
+        self.pos = 0
+        self.lap = 0
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        out = []
+        while len(out) < n:
+            if self.pos == len(self.live):
+                self.pos, self.lap = 0, self.lap + 1
+            e = self.live[self.pos]
+            out.append(e if self.lap == 0 else {**e, "event_id": f"{e['event_id']}-r{self.lap}"})
+            self.pos += 1
+        return out
+
+
+def single_bodies(events: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
+
+
+def batch_bodies(events: list[dict[str, Any]], batch: int) -> list[bytes]:
+    return [json.dumps({"events": events[i:i + batch]}).encode() for i in range(0, len(events), batch)]
 
 
 def train_transformer(db: Path, folder: Path) -> Path:
@@ -330,10 +384,12 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1500)
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--in-process", type=int, default=1500, help="Single events decided in-process.")
-    ap.add_argument("--http", type=int, default=1500, help="Single events sent closed-loop over HTTP.")
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rate", type=float, default=500.0, help="Open-loop arrival rate (events/s).")
-    ap.add_argument("--open-seconds", type=float, default=8.0)
+    ap.add_argument("--http", type=int, default=3000, help="Single events sent closed-loop over HTTP (max rate).")
+    ap.add_argument("--clients", type=int, default=16, help="Connections of the closed-loop (saturation) run.")
+    ap.add_argument("--rates", default="200,500,800", help="Open-loop arrival rates (events/s), comma separated.")
+    ap.add_argument("--connections", type=int, default=32, help="Keep-alive connections of the open-loop client.")
+    ap.add_argument("--open-seconds", type=float, default=8.0, help="Length of each open-loop run.")
+    ap.add_argument("--skip-in-process", action="store_true", help="Only the HTTP rows.")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--batch-events", type=int, default=20_000)
     ap.add_argument("--json", type=Path, help="Write the rows here.")
@@ -351,61 +407,86 @@ def main() -> None:
             args.sequence_model = train_transformer(db, work / "sequence")
 
         def add(mode: str, model_name: str, res: dict[str, Any], eps_key: str = "events_per_s") -> None:
-            rows.append({"dataset": "simulated shop", "model": model_name, "mode": mode,
-                         "p50_ms": res.get("p50_ms"), "p99_ms": res.get("p99_ms"), "p999_ms": res.get("p999_ms"),
-                         "events_per_s": res.get(eps_key), "events": res.get("events"),
-                         "errors": res.get("errors", 0)})
+            row = {"dataset": "simulated shop", "model": model_name, "mode": mode,
+                   "p50_ms": res.get("p50_ms"), "p99_ms": res.get("p99_ms"), "p999_ms": res.get("p999_ms"),
+                   "events_per_s": res.get(eps_key), "events": res.get("events"), "errors": res.get("errors", 0)}
+            # CPU per request is load independent: the figure to compare across machines and runs.
+            for k in ("offered_per_s", "server_cpu_ms_per_request", "client_cpu_ms_per_request"):
+                if res.get(k) is not None:
+                    row[k] = res[k]
+            rows.append(row)
 
-        console.print("in-process, rules only (baseline) …")
-        base = in_process(fresh_copy(db, "rules_only"), None, args.rules, live, args.in_process, args.batch)
-        add("in-process single (decide+commit)", "rules only", {**base["latency"], "events": base["events"],
-            "events_per_s": base["single_events_per_s"]})
-        add("in-process batch", "rules only", {"events_per_s": base["batch_events_per_s"], "events": 10 * args.batch})
-        console.print("in-process, rules + model …")
-        full = in_process(fresh_copy(db, "full"), model, args.rules, live, args.in_process, args.batch)
-        add("in-process single (decide+commit)", "rules + lightgbm", {**full["latency"], "events": full["events"],
-            "events_per_s": full["single_events_per_s"]})
-        add("in-process decide only", "rules + lightgbm", {**full["decide"], "events": full["events"]})
-        add("in-process batch", "rules + lightgbm", {"events_per_s": full["batch_events_per_s"],
-                                                      "events": 10 * args.batch})
-        if args.sequence_model is not None:
-            console.print("in-process, rules + model + transformer …")
-            seq = in_process(fresh_copy(db, "seq"), model, args.rules, live, args.in_process, args.batch,
-                             sequence=args.sequence_model)
-            add("in-process single (decide+commit)", "rules + lightgbm + transformer",
-                {**seq["latency"], "events": seq["events"], "events_per_s": seq["single_events_per_s"]})
-            add("in-process decide only", "rules + lightgbm + transformer", {**seq["decide"], "events": seq["events"]})
+        if not args.skip_in_process:
+            console.print("in-process, rules only (baseline) …")
+            base = in_process(fresh_copy(db, "rules_only"), None, args.rules, live, args.in_process, args.batch)
+            add("in-process single (decide+commit)", "rules only", {**base["latency"], "events": base["events"],
+                "events_per_s": base["single_events_per_s"]})
+            add("in-process batch", "rules only", {"events_per_s": base["batch_events_per_s"], "events": 10 * args.batch})
+            console.print("in-process, rules + model …")
+            full = in_process(fresh_copy(db, "full"), model, args.rules, live, args.in_process, args.batch)
+            add("in-process single (decide+commit)", "rules + lightgbm", {**full["latency"], "events": full["events"],
+                "events_per_s": full["single_events_per_s"]})
+            add("in-process decide only", "rules + lightgbm", {**full["decide"], "events": full["events"]})
+            add("in-process batch", "rules + lightgbm", {"events_per_s": full["batch_events_per_s"],
+                                                          "events": 10 * args.batch})
+            if args.sequence_model is not None:
+                console.print("in-process, rules + model + transformer …")
+                seq = in_process(fresh_copy(db, "seq"), model, args.rules, live, args.in_process, args.batch,
+                                 sequence=args.sequence_model)
+                add("in-process single (decide+commit)", "rules + lightgbm + transformer",
+                    {**seq["latency"], "events": seq["events"], "events_per_s": seq["single_events_per_s"]})
+                add("in-process decide only", "rules + lightgbm + transformer", {**seq["decide"], "events": seq["events"]})
+        else:
+            args.in_process = 0
 
-        console.print("over HTTP …")
-        server = Server(fresh_copy(db, "http"), model, args.rules)
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        stream = Stream(live[args.in_process + 10 * args.batch:] or live)
+        gen = LoadGenerator()
         try:
-            stream = live[: args.http]
-            console.print(f"  closed loop, {args.clients} clients …")
-            add(f"HTTP closed loop, {args.clients} clients", "rules + lightgbm",
-                closed_loop(server, stream, args.clients))
-            n_open = int(args.rate * args.open_seconds)
-            opened = live[args.http: args.http + n_open]
-            console.print(f"  open loop at {args.rate:.0f} events/s …")
-            ol = open_loop(server, opened, args.rate)
-            add(f"HTTP open loop @ {args.rate:.0f}/s", "rules + lightgbm", ol, "achieved_events_per_s")
-            rest = live[args.http + n_open:]
-            bulk = (rest * (1 + args.batch_events // max(len(rest), 1)))[: args.batch_events]
-            # Replayed events beyond the stream get fresh ids so none is an idempotent repeat.
-            bulk = [{**e, "event_id": f"{e['event_id']}-b{i}"} for i, e in enumerate(bulk)]
-            console.print(f"  batches of {args.batch} …")
-            add(f"HTTP batch of {args.batch}, 2 clients", "rules + lightgbm", batch_load(server, bulk, args.batch, 2))
+            variants = [("rules + lightgbm", None)]
+            if args.sequence_model is not None:
+                variants.append(("rules + lightgbm + transformer", args.sequence_model))
+            for name, seq_model in variants:
+                console.print(f"over HTTP ({name}) …")
+                server = Server(fresh_copy(db, "http" if seq_model is None else "http_seq"), model, args.rules,
+                                sequence=seq_model)
+                try:
+                    gen.run(server, single_bodies(stream.take(200)), None, 4)  # warm-up (not reported)
+                    for rate in rates:
+                        n = int(rate * args.open_seconds)
+                        console.print(f"  open loop at {rate:.0f} events/s ({n:,} single-event requests) …")
+                        res = gen.run(server, single_bodies(stream.take(n)), rate, args.connections)
+                        add(f"HTTP open loop @ {rate:.0f}/s, one event per request", name,
+                            {**res, "events": n, "offered_per_s": rate}, "achieved_per_s")
+                    console.print(f"  closed loop, {args.clients} connections (max sustained rate) …")
+                    res = gen.run(server, single_bodies(stream.take(args.http)), None, args.clients)
+                    add(f"HTTP closed loop, {args.clients} connections, one event per request", name,
+                        {**res, "events": args.http}, "achieved_per_s")
+                    if seq_model is None:
+                        bulk = stream.take(args.batch_events)
+                        console.print(f"  batches of {args.batch} …")
+                        res = gen.run(server, batch_bodies(bulk, args.batch), None, 2)
+                        res["achieved_per_s"] *= args.batch
+                        for k in ("server_cpu_ms_per_request", "client_cpu_ms_per_request"):
+                            res[k] /= args.batch  # per event, like the single-event rows
+                        add(f"HTTP batch of {args.batch}, 2 connections (ms per request)", name,
+                            {**res, "events": len(bulk)}, "achieved_per_s")
+                finally:
+                    server.stop()
         finally:
-            server.stop()
+            gen.close()
 
-    base_p50 = rows[0]["p50_ms"] or float("nan")
+    base_p50 = (rows[0]["p50_ms"] if rows else None) or float("nan")
     table = Table(title="shopguard decision service (loopback, this machine; see notes)")
-    for c in ("mode", "model", "p50 ms", "p99 ms", "p99.9 ms", "events/s", "errors", "p50 vs baseline"):
+    for c in ("mode", "model", "p50 ms", "p99 ms", "p99.9 ms", "events/s", "server CPU ms/event", "errors",
+              "p50 vs baseline"):
         table.add_column(c, justify="left" if c in ("mode", "model") else "right")
     for r in rows:
         f = (lambda v: "-" if v is None or v != v else f"{v:,.2f}")  # noqa: E731
         ratio = "-" if r["p50_ms"] is None else f"{r['p50_ms'] / base_p50:.2f}x"
         table.add_row(r["mode"], r["model"], f(r["p50_ms"]), f(r["p99_ms"]), f(r["p999_ms"]),
-                      "-" if r["events_per_s"] is None else f"{r['events_per_s']:,.0f}", str(r["errors"]), ratio)
+                      "-" if r["events_per_s"] is None else f"{r['events_per_s']:,.0f}",
+                      f(r.get("server_cpu_ms_per_request")), str(r["errors"]), ratio)
     console.print(table)
     pub = Table(title="Published figures and targets")
     pub.add_column("reference")

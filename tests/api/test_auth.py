@@ -9,6 +9,9 @@ import pytest
 from tests.api.conftest import Service, event, make_keys, serve_in_thread
 
 from shopguard.api import ServiceSettings
+from shopguard.api.deps import KeyRing, create_key, revoke_key
+from shopguard.errors import Unauthorized
+from shopguard.store import EventStore
 
 ROUTES = [("POST", "/v1/events"), ("GET", "/v1/decisions/x"), ("POST", "/v1/labels"), ("GET", "/v1/users/u/timeline"),
           ("GET", "/v1/cases"), ("POST", "/v1/cases/x/resolve"), ("GET", "/metrics"), ("POST", "/v1/keys"),
@@ -78,3 +81,30 @@ def test_per_key_rate_limit(tmp_path: Path) -> None:
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         with svc.client("admin") as c:  # another key has its own bucket
             assert c.get("/v1/cases").status_code == 200
+
+
+def test_key_table_is_kept_in_memory_and_revocation_lands_at_refresh(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with EventStore(tmp_path / "keys.duckdb") as store:
+        key, rec = create_key(store, "ingest", "mem")
+        cold = KeyRing(store)
+        assert cold.verify(f"Bearer {key}") == rec  # no copy of the table yet: looked up in the store
+        ring = KeyRing(store)
+        assert ring.refresh() == 1
+        real_query = store.query
+
+        def no_query(*_a: object, **_k: object) -> None:
+            raise AssertionError("a request must not query the store")
+
+        monkeypatch.setattr(store, "query", no_query)
+        assert ring.verify(f"Bearer {key}") == rec
+        for made_up in ("sg_0123456789ab_x", "sg_ffffffffffff_y"):  # refused from memory
+            with pytest.raises(Unauthorized):
+                ring.verify(f"Bearer {made_up}")
+        with pytest.raises(Unauthorized):
+            ring.verify(f"Bearer {key}x")  # right id, wrong secret
+        monkeypatch.setattr(store, "query", real_query)
+        revoke_key(store, rec.key_id)
+        ring.refresh()
+        with pytest.raises(Unauthorized):
+            ring.verify(f"Bearer {key}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ from shopguard.api import ServiceSettings
 from shopguard.api.scoring import DecisionEngine
 from shopguard.events.simulate import SimulationConfig, simulate_shop
 from shopguard.models.base import load_detector
+from shopguard.models.registry import ModelRegistry
 from shopguard.models.text import fit_text_model
 from shopguard.models.text.decisions import OnlineTextScorer
 from shopguard.store import EventStore
@@ -118,3 +121,38 @@ def test_http_answers_a_templated_review_with_its_text_reason(text_service: Serv
     last = decisions[-1]
     assert last["reasons"][0]["source"] == "text"
     assert any("similar to 5 reviews from 5 accounts" in t for t in _text_reasons(last))
+
+
+def _wait_text_version(svc: Service, version: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while svc.engine.text_slot.version != version:
+        assert time.monotonic() < deadline, f"text model {version} never served (now {svc.engine.text_slot.version})"
+        time.sleep(0.05)
+
+
+def test_text_model_hot_swaps_from_a_registry_and_refuses_a_corrupt_one(tmp_path: Path, text_model_dir: Path) -> None:
+    reg = ModelRegistry(tmp_path / "text_models")
+    v1 = reg.register(text_model_dir)
+    reg.register(text_model_dir)
+    reg.promote(v1.version)
+    db = tmp_path / "shop.duckdb"
+    settings = ServiceSettings(db=db, text_model=reg.root, watch_every_s=0.2)
+    chat = {"type": "chat", "ts": T0.isoformat() + "Z", "user_id": "cu9", "text": REFUND_CHAT}
+    with serve_in_thread(settings, make_keys(db)) as svc, svc.client() as c:
+        assert c.get("/v1/models/text").json()["version"] == "v0001"
+        reg.promote("v0002")  # the watcher follows the pointer by itself, off the request path
+        _wait_text_version(svc, "v0002")
+        d = c.post("/v1/events", json={**chat, "event_id": "swap-chat-1"}).json()
+        assert d["reasons"][0]["code"] == "TEXT_CHAT"
+        # A corrupted version forced in behind the CLI's back: refused, v0002 keeps serving, readyz says why.
+        bad = reg.register(text_model_dir)
+        target = next(p for p in sorted(bad.path.rglob("*")) if p.is_file() and p.name != "manifest.json")
+        target.write_bytes(b"garbage")
+        state = json.loads(reg.state_path.read_text())
+        state.update(current=bad.version, history=[*state["history"], bad.version])
+        reg._write_state(state)
+        status = c.post("/v1/models/text/reload").json()
+        assert status["version"] == "v0002" and "checksum" in (status["last_error"] or "")
+        assert any("checksum" in p for p in c.get("/readyz").json()["problems"])
+        d = c.post("/v1/events", json={**chat, "event_id": "swap-chat-2"}).json()
+        assert d["reasons"][0]["code"] == "TEXT_CHAT"

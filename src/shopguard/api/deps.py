@@ -73,13 +73,54 @@ def revoke_key(store: EventStore, key_id: str) -> None:
 
 
 class KeyRing:
-    """Verifies bearer keys against the store, caching verified keys for a few seconds (revocation lag)."""
+    """Verifies bearer keys from an in-memory copy of the key table (hashes only), kept fresh off the
+    request path.
+
+    ``refresh()`` (the service's watcher calls it every second) reloads every live key in one query, so
+    verifying a request is a dict lookup and one sha256: never a DuckDB query on the event loop, even for
+    a flood of made-up keys (an id missing from a fresh copy is refused from memory). Keys created through
+    the service are added at once (``add``). Without a fresh copy (no watcher, or it stalled for ``ttl``
+    seconds) a key id is looked up in the store and the answer cached for ``ttl`` seconds.
+    """
 
     def __init__(self, store: EventStore, *, ttl: float = 5.0) -> None:
         self.store = store
         self.ttl = ttl
         self._cache: dict[str, tuple[float, ApiKey | None, str]] = {}
+        self._refreshed = float("-inf")
         self._lock = threading.Lock()
+
+    def refresh(self) -> int:
+        """Reload every live key (one query); returns how many there are."""
+        now = time.monotonic()
+        rows = self.store.query("SELECT key_id, key_hash, scopes, name FROM api_keys WHERE revoked_at IS NULL")
+        fresh: dict[str, tuple[float, ApiKey | None, str]] = {
+            r["key_id"]: (now, ApiKey(r["key_id"], frozenset(r["scopes"].split(",")), r["name"]), r["key_hash"])
+            for r in rows.iter_rows(named=True)
+        }
+        with self._lock:
+            self._cache = fresh
+            self._refreshed = now
+        return len(fresh)
+
+    def add(self, full_key: str, record: ApiKey) -> None:
+        """Make a key this process just created usable at once (``POST /v1/keys``)."""
+        digest = _hash(full_key[len(KEY_PREFIX):].partition("_")[2])
+        with self._lock:
+            self._cache[record.key_id] = (time.monotonic(), record, digest)
+
+    def _lookup(self, key_id: str, now: float) -> tuple[float, ApiKey | None, str]:
+        rows = self.store.query(
+            "SELECT key_hash, scopes, name FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", [key_id]
+        )
+        if rows.height == 0:
+            entry: tuple[float, ApiKey | None, str] = (now, None, "")
+        else:
+            r = rows.row(0, named=True)
+            entry = (now, ApiKey(key_id, frozenset(r["scopes"].split(",")), r["name"]), r["key_hash"])
+        with self._lock:
+            self._cache[key_id] = entry
+        return entry
 
     def verify(self, header: str | None) -> ApiKey:
         if not header:
@@ -94,18 +135,11 @@ class KeyRing:
         key_id, _, secret = token[len(KEY_PREFIX):].partition("_")
         now = time.monotonic()
         cached = self._cache.get(key_id)
-        if cached is None or now - cached[0] > self.ttl:
-            rows = self.store.query(
-                "SELECT key_hash, scopes, name FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", [key_id]
-            )
-            if rows.height == 0:
-                record, digest = None, ""
-            else:
-                r = rows.row(0, named=True)
-                record, digest = ApiKey(key_id, frozenset(r["scopes"].split(",")), r["name"]), r["key_hash"]
-            with self._lock:
-                self._cache[key_id] = (now, record, digest)
-            cached = self._cache[key_id]
+        fresh_table = now - self._refreshed <= self.ttl
+        if (cached is None and not fresh_table) or (cached is not None and now - cached[0] > self.ttl):
+            cached = self._lookup(key_id, now)
+        if cached is None:
+            raise Unauthorized("unknown or revoked API key", field="Authorization")
         _, record, digest = cached
         if record is None or not hmac.compare_digest(digest, _hash(secret)):
             raise Unauthorized("unknown or revoked API key", field="Authorization")
@@ -137,19 +171,25 @@ class RateLimiter:
 ANONYMOUS = ApiKey("anonymous", frozenset({"admin"}), "auth disabled")
 
 
+def check_key(state: Any, header: str | None, scope: str) -> ApiKey:
+    """The request's key, which must carry ``scope`` and be within its rate limit (raises otherwise)."""
+    if not state.settings.auth:
+        return ANONYMOUS
+    key: ApiKey = state.keys.verify(header)
+    if not key.allows(scope):
+        raise Forbidden(f"this key lacks the '{scope}' scope (has: {', '.join(sorted(key.scopes))})",
+                        field="scope", value=scope)
+    state.limiter.check(key.key_id)
+    return key
+
+
 def require(scope: str) -> Any:
     """A FastAPI dependency: the request's key must carry ``scope`` (admin carries every scope)."""
 
-    def dep(request: Request) -> ApiKey:
-        state = request.app.state
-        if not state.settings.auth:
-            return ANONYMOUS
-        key = state.keys.verify(request.headers.get("authorization"))
-        if not key.allows(scope):
-            raise Forbidden(f"this key lacks the '{scope}' scope (has: {', '.join(sorted(key.scopes))})",
-                            field="scope", value=scope)
-        state.limiter.check(key.key_id)
-        return key
+    async def dep(request: Request) -> ApiKey:
+        # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread (a thread hop per
+        # request); this one only reads memory.
+        return check_key(request.app.state, request.headers.get("authorization"), scope)
 
     dep.__name__ = f"require_{scope}"
     return dep

@@ -30,10 +30,24 @@ class ServiceMetrics:
         self.webhooks = Counter("shopguard_webhook_deliveries_total", "Webhook deliveries.", ["outcome"], registry=r)
         self.rules_loaded = Gauge("shopguard_rules_loaded", "Rules in force.", registry=r)
         self._version: str | None = None
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._decision_children: dict[tuple[str, str], Any] = {}
 
     def observe_decision(self, decision: dict[str, Any], seconds: float) -> None:
         self.decision_latency.observe(seconds)
-        self.decisions.labels(decision["action"], decision["risk_level"]).inc()
+        key = (decision["action"], decision["risk_level"])
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Label lookups cost more than the observation: keep each (route, method, status) child.
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.request_latency.labels(route, method, str(status))
+        child.observe(seconds)
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

@@ -201,6 +201,104 @@ class ModelSlot:
         return None if m is None else m.version
 
 
+class TextModelSlot:
+    """The review/chat text model in service, hot swapped like the main model.
+
+    ``source`` is a text model folder (``shopguard train --detector text``) or a registry root holding
+    text model versions (``shopguard models register``); for a registry the slot follows its current
+    pointer (``check()``, from the watcher thread). A new version is verified (manifest checksums), loaded
+    and type-checked off the request path, then swapped in with one assignment on the engine's
+    ``OnlineTextScorer`` (its review history is kept: only the model changes). A corrupted or wrong
+    artifact is refused with a clear error and the current model keeps serving.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.scorer: Any = None  # the engine's OnlineTextScorer, bound once the engine exists
+        self.version: str | None = None
+        self.path: Path | None = None
+        self.last_error: str | None = None
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._state_mtime: int | None = None
+        self.registry = reg.ModelRegistry(source) if source.is_dir() and reg.is_registry(source) else None
+
+    def load_initial(self) -> Any:
+        """The detector to start with (raises ModelError: a service must not start on a bad text model)."""
+        if not self.source.exists():
+            raise ModelError(f"text model path {self.source} does not exist", field="text_model",
+                             value=str(self.source))
+        if self.registry is None:
+            path, version = self.source, self.source.name
+        else:
+            self._state_mtime = _mtime_ns(self.registry.state_path)
+            cur = self.registry.current_version()
+            if cur is None:
+                raise ModelError(f"text model registry {self.source} has no promoted version yet",
+                                 field="text_model", value=str(self.source))
+            path, version = self.registry.root / cur, cur
+        det = load_text_model(path)
+        self.path, self.version = path, version
+        return det
+
+    def bind(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+    def check(self) -> bool:
+        """Follow the registry's current pointer; returns whether a new text model is now serving."""
+        if self.registry is None:
+            return False
+        m = _mtime_ns(self.registry.state_path)
+        if m == self._state_mtime:
+            return False
+        with self._lock:
+            self._state_mtime = m
+            return self._reload()
+
+    def reload(self) -> bool:
+        with self._lock:  # the watcher and POST /v1/models/text/reload may both ask
+            return self._reload()
+
+    def _reload(self) -> bool:
+        if self.registry is None or self.scorer is None:
+            return False
+        try:
+            cur = self.registry.current_version()
+            if cur is None or self.registry.root / cur == self.path:
+                return False
+            det = load_text_model(self.registry.root / cur)
+        except ShopguardError as exc:
+            self.last_error = f"text model: {exc.message}"
+            log.error("text model not swapped, %s keeps serving: %s", self.version, exc.message)
+            return False
+        self.scorer.model = det  # one reference: a review being scored finishes on the model it started with
+        self.path, self.version = self.registry.root / cur, cur
+        self.last_error = None
+        self.swaps += 1
+        log.info("text model %s now serving", cur)
+        return True
+
+
+def load_text_model(path: Path) -> Any:
+    """Verify (when a manifest is present), load and type-check a text model folder; ModelError otherwise."""
+    if (path / reg.MANIFEST).exists():
+        reg.verify(path)
+    from shopguard.models.base import load_detector
+    from shopguard.models.text.scoring import TextEventDetector
+
+    try:
+        det = load_detector(path)
+    except ShopguardError:
+        raise
+    except Exception as exc:  # a corrupted file the loader did not anticipate
+        raise ModelError(f"text model at {path} cannot be loaded: {exc}", field="text_model",
+                         value=str(path)) from None
+    if not isinstance(det, TextEventDetector):
+        raise ModelError(f"{path} holds a {type(det).__name__}, not a text model", field="text_model",
+                         value=str(path))
+    return det
+
+
 def _mtime_ns(path: Path) -> int | None:
     try:
         return path.stat().st_mtime_ns
@@ -493,6 +591,7 @@ class DecisionEngine:
         writer_max_batch: int = 2_000,
         journal: Path | None = None,
         journal_fsync: bool = True,
+        journal_apply_every_s: float = 0.25,
         features: Any = None,
         metrics: Any = None,
         sequence: Any = None,
@@ -505,7 +604,8 @@ class DecisionEngine:
         self.pseudonymiser = pseudonymiser
         self.case_risk_level = case_risk_level
         self.webhooks = webhooks or WebhookDispatcher([])
-        self.writer = StoreWriter(store, max_batch=writer_max_batch, journal=journal, fsync=journal_fsync)
+        self.writer = StoreWriter(store, max_batch=writer_max_batch, journal=journal, fsync=journal_fsync,
+                                  apply_every_s=journal_apply_every_s)
         self.features = features
         self.metrics = metrics
         self._lock = threading.RLock()
@@ -528,6 +628,7 @@ class DecisionEngine:
             self.text = text if isinstance(text, OnlineTextScorer) else OnlineTextScorer(text)
         self.text_errors = 0
         self.text_min_score = text_min_score
+        self.text_slot: TextModelSlot | None = None  # set by the app when the text model can be hot swapped
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, rebuild_features: bool = True) -> None:
@@ -595,55 +696,96 @@ class DecisionEngine:
         Returns one entry per event, each a decision dict (repeated id, already known) or a future of one
         (still being committed), and the commit future of this call's new events (None if none).
         """
+        out = self.submit_groups([prepared])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def submit_groups(self, groups: Sequence[Sequence[Prepared]]
+                      ) -> list[tuple[list[Any], cf.Future[int] | None] | BaseException]:
+        """``submit`` for several requests at once: one model pass and one commit for all their events.
+
+        The HTTP path coalesces the requests that arrive together into one call (one model pass costs
+        about as much for a dozen events as for one). A group whose features fail gets its exception in
+        its slot, and the other groups are decided as usual.
+        """
         rules = self.rules.current()
         model = self.model.model
-        results: list[Any] = []
+        slots: list[Any] = []
         new_events: list[dict[str, Any]] = []
         new_decisions: list[dict[str, Any]] = []
         new_cases: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
         todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]] = []
         # Text first, outside the decision lock: a slow review never holds up other requests' events.
-        texts = self._text_scores(prepared)
+        texts: dict[str, dict[str, Any]] = {}
+        for prepared in groups:
+            texts.update(self._text_scores(prepared))
+        commit: cf.Future[int] | None = None
+        mine: dict[str, dict[str, Any]] = {}
+        relearn: set[str] = set()  # stored before but never decided: read, not learnt again
         with self._lock:
-            for p in prepared:
-                eid = p.record["event_id"]
-                prior = self._recent.get(eid)
-                if prior is not None:
-                    results.append(prior)
+            for prepared in groups:
+                results: list[Any] = []
+                opened: list[str] = []
+                try:
+                    for p in prepared:
+                        eid = p.record["event_id"]
+                        # Pending before recent: a commit settling meanwhile remembers the decision before
+                        # it drops the pending entry, so one of the two always answers.
+                        fut = self._pending.get(eid)
+                        if fut is not None:
+                            results.append(fut)
+                            continue
+                        prior = self._recent.get(eid)
+                        if prior is not None:
+                            results.append(prior)
+                            continue
+                        if eid in self._known:
+                            stored = self.stored_decision(eid)
+                            if stored is not None:
+                                self._remember(eid, stored)
+                                results.append(stored)
+                                continue
+                        # Phase 1, in order: features (each event sees the ones before it, as in the batch
+                        # engine).
+                        t0 = time.perf_counter()
+                        learn = eid not in self._known
+                        ctx, feats = self._context(p.record, learn=learn, sequence=False)
+                        if not learn:
+                            relearn.add(eid)
+                        if self.text is not None and learn:
+                            try:
+                                self.text.observe(p.record)
+                            except Exception:  # enrichment only
+                                log.exception("text history update failed on %s", eid)
+                        if self.graph is not None and learn:
+                            try:
+                                self.graph.add_event(p.record)
+                            except ShopguardError:  # e.g. a late event: the link graph learns in time order
+                                self.graph_skipped += 1
+                            except Exception:  # enrichment only
+                                log.exception("graph update failed on %s", eid)
+                        fut = cf.Future()
+                        self._pending[eid] = fut
+                        opened.append(eid)
+                        results.append(fut)
+                        todo.append((p.record, ctx, feats, time.perf_counter() - t0))
+                except Exception as exc:
+                    # This group is answered with the error; its events already queued are withdrawn (never
+                    # committed, so never acknowledged).
+                    drop = set(opened)
+                    todo[:] = [t for t in todo if t[0]["event_id"] not in drop]
+                    for eid in opened:
+                        f = self._pending.pop(eid, None)
+                        if f is not None:
+                            f.set_exception(exc)
+                    slots.append(exc)
                     continue
-                fut = self._pending.get(eid)
-                if fut is not None:
-                    results.append(fut)
-                    continue
-                if eid in self._known:
-                    stored = self.stored_decision(eid)
-                    if stored is not None:
-                        self._remember(eid, stored)
-                        results.append(stored)
-                        continue
-                # Phase 1, in order: features (each event sees the ones before it, as in the batch engine).
-                t0 = time.perf_counter()
-                learn = eid not in self._known
-                ctx, feats = self._context(p.record, learn=learn)
-                if self.text is not None and learn:
-                    try:
-                        self.text.observe(p.record)
-                    except Exception:  # enrichment only
-                        log.exception("text history update failed on %s", eid)
-                if self.graph is not None and learn:
-                    try:
-                        self.graph.add_event(p.record)
-                    except ShopguardError:  # e.g. a late event: the link graph only learns in time order
-                        self.graph_skipped += 1
-                    except Exception:  # enrichment only
-                        log.exception("graph update failed on %s", eid)
-                fut = cf.Future()
-                self._pending[eid] = fut
-                results.append(fut)
-                todo.append((p.record, ctx, feats, time.perf_counter() - t0))
-            # Phase 2: one model pass for the whole request; phase 3: rules and policy per event.
+                slots.append((results, bool(opened)))
+            # Phase 2: one transformer run and one model pass for every event; phase 3: rules and policy.
             t1 = time.perf_counter()
+            self._sequence_pass(todo, relearn)
             outs = self._score(model, todo)
             share = (time.perf_counter() - t1) / max(len(todo), 1)
             for (rec, ctx, _feats, spent), out in zip(todo, outs, strict=True):
@@ -656,24 +798,27 @@ class DecisionEngine:
                     self.metrics.observe_decision(decision, seconds)
                 new_events.append(rec)
                 new_decisions.append(_stored_decision(decision))
+                mine[rec["event_id"]] = _public(decision)
                 if should_open(decision["risk_level"], self.case_risk_level):
                     new_cases.append(case_for(decision, rec, scenario))
                     alerts.append({"event": "case_opened", "case_id": f"case_{rec['event_id']}", "scenario": scenario,
                                    "user_id": rec.get("user_id"), **decision})
-            commit = self.writer.submit(new_events, new_decisions, new_cases) if new_events else None
+            if new_events:
+                commit = self.writer.submit(new_events, new_decisions, new_cases)
         if commit is not None:
-            mine = {d["event_id"]: _public(d) for d in new_decisions}
             commit.add_done_callback(lambda f: self._settle(f, mine, alerts))
-        return results, commit
+        # Each group gets the shared commit when it queued an event of its own (None otherwise).
+        return [s if isinstance(s, BaseException) else (s[0], commit if s[1] else None) for s in slots]
 
     def _settle(self, commit: cf.Future[int], mine: dict[str, dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
         exc = commit.exception()
         with self._lock:
             for eid, d in mine.items():
-                fut = self._pending.pop(eid, None)
                 if exc is None:
-                    self._known.add(eid)
+                    # Remember before dropping the pending entry (submit looks in that order).
                     self._remember(eid, d)
+                    self._known.add(eid)
+                fut = self._pending.pop(eid, None)
                 if fut is not None:
                     if exc is None:
                         fut.set_result(d)
@@ -698,8 +843,12 @@ class DecisionEngine:
         out = self._with_text(rec, self._score(model, [(rec, ctx, feats, 0.0)])[0], model, text)
         return self._finish(rec, ctx, out, rules, model)
 
-    def _context(self, rec: dict[str, Any], *, learn: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The rule context (event fields, derived time fields, attrs, online features) and the features."""
+    def _context(self, rec: dict[str, Any], *, learn: bool, sequence: bool = True
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rule context (event fields, derived time fields, attrs, online features) and the features.
+
+        ``sequence=False`` leaves ``sequence_score`` to the caller (``submit_groups`` scores a whole pass
+        in one transformer run)."""
         feats: dict[str, Any] = {}
         if self.features is not None:
             try:
@@ -721,12 +870,26 @@ class DecisionEngine:
             except json.JSONDecodeError:
                 ctx["attrs"] = {}
         ctx.update(feats)
-        if self.sequence is not None:
+        if self.sequence is not None and sequence:
             try:
                 ctx["sequence_score"] = self.sequence.score_one(rec, learn=learn)
             except Exception:  # the transformer only adds a signal: rules and the model still decide
                 log.exception("sequence scorer failed on %s", rec.get("event_id"))
         return ctx, feats
+
+    def _sequence_pass(self, todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], float]],
+                       relearn: set[str]) -> None:
+        """``sequence_score`` of every event of a pass, from one transformer run (same scores as one by one)."""
+        if self.sequence is None or not todo:
+            return
+        records = [rec for rec, _ctx, _feats, _ in todo]
+        try:
+            scores = sequence_scores(self.sequence, records, [r["event_id"] not in relearn for r in records])
+        except Exception:  # the transformer only adds a signal: rules and the model still decide
+            log.exception("sequence scorer failed on %d events", len(records))
+            return
+        for (_rec, ctx, _feats, _), score in zip(todo, scores, strict=True):
+            ctx["sequence_score"] = score
 
     def _score(self, model: LoadedModel | None, todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any],
                                                                float]]) -> list[ModelOutput | None]:
@@ -882,6 +1045,39 @@ class DecisionEngine:
         return d if d is not None else self.stored_decision(event_id)
 
 
+def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Sequence[bool]) -> list[Any]:
+    """``scorer.score_one(r, learn=l)`` for each record in order, with ONE model run for all of them.
+
+    ``scorer`` is a ``models.sequence.export.IncrementalScorer``. Each event's window is built from its
+    user's history as it stands after the events before it (those learnt), exactly as one-by-one scoring
+    builds it; only the network runs once, on the stacked windows (an ONNX run's fixed cost dominates a
+    single window). Falls back to one-by-one for scorers without that structure and for embeddings.
+    """
+    import numpy as np
+
+    history = getattr(scorer, "_history", None)
+    tokenizer = getattr(scorer, "tokenizer", None)
+    net = getattr(scorer, "scorer", None)
+    if len(records) < 2 or history is None or tokenizer is None or net is None or net.kind == "embedding":
+        return [scorer.score_one(r, learn=ln) for r, ln in zip(records, learn, strict=True)]
+    n, length = len(records), scorer.length
+    tokens = np.empty((n, length, scorer._tokens.shape[-1]), dtype=scorer._tokens.dtype)
+    dts = np.empty((n, length), dtype=scorer._dt.dtype)
+    for i, (rec, ln) in enumerate(zip(records, learn, strict=True)):
+        h = history(rec)
+        row, dt = tokenizer.encode_one(rec, h.state)
+        tokens[i, :-1] = h.tokens[1:]
+        tokens[i, -1] = row
+        dts[i, :-1] = h.dt[1:]
+        dts[i, -1] = dt
+        if ln:
+            h.tokens[:] = tokens[i]
+            h.dt[:] = dts[i]
+            tokenizer.state_update(rec, h.state)
+    out = np.asarray(net.run(tokens, dts)).reshape(n, -1)[:, 0]
+    return [float(x) for x in out]
+
+
 def _peek(features: Any, rec: dict[str, Any]) -> dict[str, Any]:
     """Features of an event already learnt (stored without a decision): read, never learn twice."""
     peek = getattr(features, "peek", None) or getattr(features, "features", None)
@@ -918,4 +1114,5 @@ def _public(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["DecisionEngine", "LoadedModel", "ModelOutput", "ModelSlot", "StoreWriter", "Unavailable"]
+__all__ = ["DecisionEngine", "LoadedModel", "ModelOutput", "ModelSlot", "StoreWriter", "TextModelSlot", "Unavailable",
+           "load_text_model", "sequence_scores"]

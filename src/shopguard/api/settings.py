@@ -34,9 +34,16 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_s: float = Field(2_000.0, gt=0, description="Requests per second each API key may send.")
     rate_limit_burst: float = Field(4_000.0, gt=0, description="Requests a key may send in a burst.")
     watch_every_s: float = Field(1.0, gt=0, description="How often the rule file and model registry are checked.")
+    coalesce_max_events: int = Field(256, ge=1, description="Most events of concurrent requests decided in one "
+                                     "model pass (requests arriving together share a pass and a journal fsync).")
     writer_max_batch: int = Field(2_000, ge=1, description="Most events committed in one group commit.")
     journal: bool = Field(True, description="Acknowledge after an fsync-ed journal append (DB.journal), then "
                           "write DuckDB in larger transactions; off: one DuckDB commit per group.")
+    journal_apply_every_s: float = Field(1.0, gt=0, description="How often fsync-ed journal segments are written "
+                                         "into DuckDB (each transaction costs ~20 ms of CPU whatever its size).")
+    gil_switch_interval_s: float | None = Field(
+        0.001, gt=0, description="Python's thread switch interval while serving (default 5 ms): the writer thread "
+        "that answers after fsync waits at most this long for the event loop's thread. None keeps Python's.")
     journal_fsync: bool = Field(True, description="fsync the journal before acknowledging (off survives a process "
                                 "crash but not a power cut).")
     auth: bool = Field(True, description="Require API keys (turn off only for local benchmarks).")

@@ -18,6 +18,7 @@ _ERR = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": Error
 def new_key(body: KeyCreateIn, request: Request, _key: Any = Depends(require("admin"))) -> Any:
     """Create an API key; the answer is the only time the full key is shown."""
     key, rec = create_key(request.app.state.store, list(body.scopes), body.name)
+    request.app.state.keys.add(key, rec)  # usable at once, not only after the next refresh
     return {"key": key, "key_id": rec.key_id, "scopes": sorted(rec.scopes)}
 
 
@@ -37,6 +38,28 @@ def model_reload(request: Request, _key: Any = Depends(require("admin"))) -> Any
     """Follow the registry's current version now (the service also does it by itself within a second)."""
     request.app.state.engine.model.reload()
     return _model_status(request)
+
+
+def _text_model_status(request: Request) -> dict[str, Any]:
+    slot = request.app.state.engine.text_slot
+    if slot is None:
+        return {"version": None, "source": None, "last_error": None, "swaps": 0}
+    return {"version": slot.version, "source": str(slot.source), "last_error": slot.last_error, "swaps": slot.swaps}
+
+
+@router.get("/v1/models/text", response_model=ModelStatusOut, responses=_ERR)
+def text_model_status(request: Request, _key: Any = Depends(require("analyst"))) -> Any:
+    """The review/chat text model in service (``--text-model``) and its last refused swap."""
+    return _text_model_status(request)
+
+
+@router.post("/v1/models/text/reload", response_model=ModelStatusOut, responses=_ERR)
+def text_model_reload(request: Request, _key: Any = Depends(require("admin"))) -> Any:
+    """Follow the text model registry's current version now (the service also does it within a second)."""
+    slot = request.app.state.engine.text_slot
+    if slot is not None:
+        slot.reload()
+    return _text_model_status(request)
 
 
 def _rules_status(request: Request) -> dict[str, Any]:

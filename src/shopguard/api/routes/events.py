@@ -68,14 +68,11 @@ async def post_events(request: Request, _key: Any = Depends(require("ingest"))) 
     """
     state = request.app.state
     items, batch = split_body(parse_json(await request.body()), state.settings.max_batch)
-    engine = state.engine
-    prepared = engine.prepare(items, batch=batch)
-    results, commit = engine.submit(prepared)
-    if commit is not None:
-        try:
-            await asyncio.wrap_future(commit)
-        except Exception:
-            pass  # each event's own future carries the error (503) below
+    prepared = state.engine.prepare(items, batch=batch)
+    # Requests arriving together share one model pass and one journal fsync (api.coalesce).
+    results, _commit = await state.coalescer.submit(prepared)
+    # A new event's future resolves once its journal line is fsync-ed (or fails with 503): the answer
+    # is never sent before the commit. A repeated id waits for the commit of its first sending.
     decisions = [await asyncio.wrap_future(r) if isinstance(r, cf.Future) else r for r in results]
     payload = {"decisions": decisions} if batch else decisions[0]
     return Response(orjson.dumps(payload), media_type="application/json")

@@ -21,8 +21,9 @@ def readyz(request: Request, response: Response) -> Any:
     """Ready when the store writer runs; problems (a refused model, a broken rule edit) are listed."""
     state = request.app.state
     engine = state.engine
+    text_slot = getattr(engine, "text_slot", None)
     problems = [p for p in (engine.model.last_error, engine.rules.last_error, engine.features_error,
-                            engine.writer.apply_error) if p]
+                            engine.writer.apply_error, text_slot.last_error if text_slot else None) if p]
     ready = bool(engine.ready and engine.writer.alive())
     if not ready:
         response.status_code = 503
