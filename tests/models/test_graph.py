@@ -80,6 +80,18 @@ def test_lightgbm_detector_quality(graph: tuple[pl.DataFrame, np.ndarray]) -> No
     assert contrib.shape == (4, len(det.feature_names_))
 
 
+def test_lightgbm_detector_repeats_folds(graph: tuple[pl.DataFrame, np.ndarray]) -> None:
+    frame, y = graph
+    det = GraphLightGBMDetector(n_folds=3, n_repeats=2, n_estimators=100, learning_rate=0.1, early_stopping_rounds=20,
+                                scale_pos_weight=3.0).fit(frame[:600], y[:600])
+    assert len(det.boosters_) == 6 and det.oof_.shape == (600,)
+    assert roc_auc_score(y[:600], det.oof_) >= 0.85  # every row is held out once per repeat
+    assert roc_auc_score(y[600:], det.score(frame[600:])) >= 0.9
+    with pytest.raises(ValidationFailed) as exc:
+        GraphLightGBMDetector(n_repeats=0).fit(frame[:100], y[:100])
+    assert exc.value.field == "n_repeats"
+
+
 @pytest.mark.parametrize("name", ["graph_lightgbm", "graph_deviation"])
 def test_save_load_round_trip(graph: tuple[pl.DataFrame, np.ndarray], name: str, tmp_path: Path) -> None:
     frame, y = graph
@@ -125,3 +137,68 @@ def test_graphsage_learns_and_round_trips(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed):
         det.score(own)
     assert set(GRAPH_DETECTORS) == {"graph_lightgbm", "graph_deviation", "graphsage"}
+
+
+# -- out-of-fold neighbour label features -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled_links() -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    _, A, y = community_links(seed=3, n=300)
+    train = np.random.default_rng(0).permutation(300)[:150]
+    return A, y, np.sort(train)
+
+
+def test_label_features_never_show_a_node_its_own_label(labelled_links: tuple[sp.csr_matrix, np.ndarray, np.ndarray]
+                                                         ) -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    from shopguard.models.graph import neighbour_label_features
+
+    A, y, train = labelled_links
+    feats = neighbour_label_features(A, train, y[train], n_folds=5, random_state=1).to_numpy()
+    # Each training fold must look exactly like unseen nodes scored from the other folds' labels only:
+    # then no training row (two-hop share included) can hold its own label or its fold-mates' labels.
+    folds = StratifiedKFold(5, shuffle=True, random_state=1).split(train, y[train])
+    for keep, held in folds:
+        seen = neighbour_label_features(A, train[keep], y[train][keep], random_state=1).to_numpy()
+        rows = train[held]
+        np.testing.assert_allclose(feats[rows][:, [1, 3]], seen[rows][:, [1, 3]])
+        np.testing.assert_allclose(feats[rows][:, [0, 2]], seen[rows][:, [0, 2]] / 0.8)
+    test = np.setdiff1d(np.arange(A.shape[0]), train)
+    # Unseen nodes see every training label: the fraud count is a direct count over training neighbours.
+    known = np.zeros(A.shape[0])
+    known[train] = y[train]
+    direct = np.asarray((sp.csr_matrix(A) > 0).astype(float) @ known).ravel()
+    np.testing.assert_allclose(feats[test, 0], direct[test])
+    assert feats.shape == (A.shape[0], 4) and np.all((feats[:, 1] >= 0) & (feats[:, 1] <= 1))
+
+
+def test_label_features_for_a_training_node_ignore_its_own_and_its_folds_labels(
+        labelled_links: tuple[sp.csr_matrix, np.ndarray, np.ndarray]) -> None:
+    from shopguard.models.graph import neighbour_label_features
+
+    A, y, train = labelled_links
+    ytr = y[train].copy()
+    feats = neighbour_label_features(A, train, ytr, n_folds=5, random_state=2).to_numpy()
+    # Flipping the labels of the *test* nodes changes nothing at all: they are never read.
+    y_other = y.copy()
+    test = np.setdiff1d(np.arange(A.shape[0]), train)
+    y_other[test] = 1 - y_other[test]
+    np.testing.assert_array_equal(neighbour_label_features(A, train, y_other[train], n_folds=5,
+                                                           random_state=2).to_numpy(), feats)
+    # A training node's counts are rescaled to the share of labels it could see, so the scales agree.
+    assert feats[train, 0].mean() == pytest.approx(feats[test, 0].mean(), rel=0.5)
+
+
+def test_label_features_reject_bad_input(labelled_links: tuple[sp.csr_matrix, np.ndarray, np.ndarray]) -> None:
+    from shopguard.models.graph import neighbour_label_features
+
+    A, y, train = labelled_links
+    with pytest.raises(DataError) as exc:
+        neighbour_label_features(A, train, y[train][:-1])
+    assert exc.value.field == "y_train"
+    with pytest.raises(DataError):
+        neighbour_label_features(A, np.array([0, 10_000]), np.array([0, 1]))
+    with pytest.raises(DataError):
+        neighbour_label_features(A, train, np.full(len(train), 2))
+    with pytest.raises(ValidationFailed):
+        neighbour_label_features(A, train, y[train], n_folds=1)
