@@ -1051,7 +1051,8 @@ def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Seque
     ``scorer`` is a ``models.sequence.export.IncrementalScorer``. Each event's window is built from its
     user's history as it stands after the events before it (those learnt), exactly as one-by-one scoring
     builds it; only the network runs once, on the stacked windows (an ONNX run's fixed cost dominates a
-    single window). Falls back to one-by-one for scorers without that structure and for embeddings.
+    single window); a session export turns each window's per-event surprise into its session score.
+    Falls back to one-by-one for scorers without that structure and for embeddings.
     """
     import numpy as np
 
@@ -1074,8 +1075,9 @@ def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Seque
             h.tokens[:] = tokens[i]
             h.dt[:] = dts[i]
             tokenizer.state_update(rec, h.state)
-    out = np.asarray(net.run(tokens, dts)).reshape(n, -1)[:, 0]
-    return [float(x) for x in out]
+    windows = getattr(scorer, "score_windows", None)  # session exports aggregate the per-slot surprise
+    out = windows(tokens, dts) if windows is not None else net.run(tokens, dts)
+    return [float(x) for x in np.asarray(out).reshape(n, -1)[:, 0]]
 
 
 def _peek(features: Any, rec: dict[str, Any]) -> dict[str, Any]:
