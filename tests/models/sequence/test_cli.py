@@ -6,7 +6,9 @@ import polars as pl
 from typer.testing import CliRunner
 
 from shopguard.cli.main import app
+from shopguard.models.base import load_detector
 from shopguard.models.sequence.finetune import FineTunedModel
+from shopguard.models.sequence.fusion import FusionClassifierDetector
 from shopguard.store import EventStore
 
 from .conftest import make_log
@@ -29,6 +31,12 @@ def test_pretrain_then_finetune_cli(tmp_path: Path) -> None:
                             str(tmp_path / "ft"), "--method", "frozen", "--epochs", "2", "--no-export"])
     assert r.exit_code == 0, r.output
     assert FineTunedModel.load(tmp_path / "ft").finetune["method"] == "frozen"
+    r = runner.invoke(app, ["finetune", "--db", str(db), "--pretrained", str(tmp_path / "pre"), "--out",
+                            str(tmp_path / "fusion"), "--method", "frozen", "--fusion", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "fused columns" in r.output
+    det = load_detector(tmp_path / "fusion")
+    assert isinstance(det, FusionClassifierDetector) and det.finetune_["n_extra"] > 14  # features + surprise
     r = runner.invoke(app, ["finetune", "--db", str(db), "--pretrained", str(tmp_path / "pre"), "--out",
                             str(tmp_path / "x"), "--method", "bogus"])
     assert r.exit_code == 2 and "method" in r.output
