@@ -40,6 +40,11 @@ def pretrain_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 7,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")] = None,
+    export_surprise: Annotated[bool, typer.Option(
+        "--export-surprise/--no-export-surprise",
+        help="Also fit the session surprise score's scales and export it to ONNX for `serve --sequence-model`.")] = True,
+    surprise_sample: Annotated[int, typer.Option("--surprise-sample", min=100,
+                                                 help="Latest events the surprise scales are fitted on.")] = 20_000,
 ) -> None:
     """Pretrain on unlabeled events (masked fields + next event); labels are never read."""
     from shopguard.models.sequence.config import PretrainConfig, preset
@@ -62,3 +67,19 @@ def pretrain_cmd(
                   f"{h.get('next', float('nan')):.3f}", f"{h['events_per_s']:,.0f}")
     out.print(t)
     out.print(f"[bold green]pretrained[/] -> {out_dir}")
+    if export_surprise:
+        _export_surprise(out_dir, events, surprise_sample, threads)
+
+
+def _export_surprise(out_dir: Path, events, sample: int, threads: int | None) -> None:  # type: ignore[no-untyped-def]
+    """Fit the unsupervised session surprise on the latest events and export it for the service."""
+    from shopguard.models.sequence.detectors import SequenceInput, SequenceSurpriseDetector
+    from shopguard.models.sequence.export import export_onnx
+
+    # The scales are statistics of normal traffic: the latest events are the closest to what is served next.
+    targets = events.sort("ts").get_column("event_id").tail(sample).to_list()
+    detector = SequenceSurpriseDetector(pretrained=str(out_dir), num_threads=threads)
+    detector.fit(SequenceInput(events, targets))
+    res = export_onnx(detector, out_dir / "surprise-onnx")
+    out.print(f"session surprise (fitted on {len(targets):,} events) -> {res.int8 or res.fp32}; "
+              f"serve it with [bold]--sequence-model {out_dir / 'surprise-onnx'}[/]")
