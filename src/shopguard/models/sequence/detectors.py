@@ -353,8 +353,9 @@ class SequenceClassifierDetector(_SequenceDetector):
     supervised = True
 
     def __init__(self, pretrained: str | None = None, method: str = "full", config: str = "tiny",
-                 max_len: int | None = None, pretrain_epochs: int = 3, epochs: int = 10, lr: float = 1e-3,
-                 encoder_lr: float = 3e-4, patience: int = 3, seed: int = 7, num_threads: int | None = None) -> None:
+                 max_len: int | None = None, pretrain_epochs: int = 3, epochs: int = 4, lr: float = 1e-3,
+                 encoder_lr: float = 3e-4, patience: int = 2, seed: int = 7, num_threads: int | None = None) -> None:
+        # epochs / patience follow FinetuneConfig's CPU defaults (early stopping, negatives subsampled).
         self.pretrained = pretrained
         self.method = method
         self.config = config
