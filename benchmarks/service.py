@@ -359,6 +359,7 @@ def batch_bodies(events: list[dict[str, Any]], batch: int) -> list[bytes]:
 def train_transformer(db: Path, folder: Path) -> Path:
     """A small behaviour transformer, time-boxed (the foundation benchmark measures quality; here only cost)."""
     from shopguard.models.sequence.config import NetworkConfig, PretrainConfig
+    from shopguard.models.sequence.detectors import SequenceInput, SequenceSurpriseDetector
     from shopguard.models.sequence.export import export_onnx
     from shopguard.models.sequence.pretrain import pretrain
     from shopguard.store import EventStore
@@ -366,9 +367,14 @@ def train_transformer(db: Path, folder: Path) -> Path:
     console.print("pretraining a small behaviour transformer (time-boxed) and exporting it to ONNX …")
     with EventStore(db, read_only=True) as store:
         events = store.events()
-    res = pretrain(events, network=NetworkConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=32),
-                   config=PretrainConfig(epochs=1, max_steps=60, num_threads=1))
-    export_onnx(res.model, folder, kind="surprise")
+    fm_dir = folder.parent / f"{folder.name}-pretrained"
+    pretrain(events, network=NetworkConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=32),
+             config=PretrainConfig(epochs=1, max_steps=60, num_threads=1), out_dir=fm_dir)
+    # The served score is the session surprise (what `shopguard pretrain` exports): scales fitted on
+    # the latest history events, no labels.
+    detector = SequenceSurpriseDetector(pretrained=str(fm_dir), num_threads=1)
+    detector.fit(SequenceInput(events, events.sort("ts").get_column("event_id").tail(5_000).to_list()))
+    export_onnx(detector, folder)
     return folder
 
 

@@ -6,6 +6,7 @@ All writes go through the engine's single writer thread or the store's lock.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -209,6 +210,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         watcher = threading.Thread(target=watch, name="shopguard-watcher", daemon=True)
         watcher.start()
+        if settings.gc_freeze:
+            # The online state is long-lived: collect once, then freeze it so later collections only walk
+            # objects created while serving (gc.freeze is the documented tool for exactly this).
+            gc.collect()
+            gc.freeze()
         switch = sys.getswitchinterval()
         if settings.gil_switch_interval_s is not None:
             # The commit thread needs the GIL for a few microseconds to answer; by default it may wait 5 ms
@@ -218,6 +224,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             sys.setswitchinterval(switch)
+            if settings.gc_freeze:
+                gc.unfreeze()
             stop.set()
             watcher.join(5)
             engine.stop()

@@ -48,3 +48,6 @@ class ServiceSettings(BaseSettings):
                                 "crash but not a power cut).")
     auth: bool = Field(True, description="Require API keys (turn off only for local benchmarks).")
     rebuild_features: bool = Field(True, description="Rebuild online features from the store at start-up.")
+    gc_freeze: bool = Field(True, description="After start-up, move the rebuilt state (millions of small objects) "
+                            "out of the garbage collector's reach: a full collection over it pauses every request "
+                            "for 100+ ms.")
