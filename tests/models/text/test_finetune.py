@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shopguard.errors import DataError
-from shopguard.models.text.finetune import MiniLMClassifier
+from shopguard.models.text.finetune import MiniLMClassifier, _batches
 from shopguard.models.text.review import ReviewRiskDetector
 
 from .conftest import make_reviews
@@ -37,3 +37,15 @@ def test_fine_tuned_components_inside_the_detector() -> None:
 def test_needs_both_classes() -> None:
     with pytest.raises(DataError, match="y"):
         MiniLMClassifier(max_steps=1).fit(["a", "b"], [1, 1])
+
+
+@pytest.mark.parametrize("bucket", [1, 4])
+def test_batches_cover_every_text_once(bucket: int) -> None:
+    lengths = np.random.default_rng(0).integers(10, 500, size=103)
+    batches = _batches(lengths, 8, bucket, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(103)) and max(len(b) for b in batches) == 8
+    if bucket > 1:  # similar lengths share a batch: less padding than random batches
+        spread = np.mean([np.ptp(lengths[b]) for b in batches])
+        random_spread = np.mean([np.ptp(lengths[b]) for b in _batches(lengths, 8, 1, np.random.default_rng(1))])
+        assert spread < 0.75 * random_spread

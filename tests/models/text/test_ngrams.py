@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from shopguard.errors import ValidationFailed
-from shopguard.models.text.ngrams import NgramVectorizer, ngram_classifier, tokenize
+from shopguard.errors import DataError, ValidationFailed
+from shopguard.models.text.ngrams import NBWeighting, NgramVectorizer, ngram_classifier, tokenize
 
 from .conftest import make_reviews
 
@@ -47,3 +47,31 @@ def test_ngram_classifier_quality_floor() -> None:
     model = ngram_classifier(min_df=1).fit(train_x, train_y)
     assert roc_auc_score(test_y, model.predict_proba(test_x)[:, 1]) > 0.95
     assert np.mean(model.predict(test_x) == test_y) > 0.9
+
+
+def test_nb_weighting_log_count_ratio() -> None:
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(np.array([[2, 0, 1], [1, 0, 1], [0, 3, 1], [0, 1, 1]], dtype=float))
+    y = np.array([1, 1, 0, 0])
+    nb = NBWeighting(alpha=1.0).fit(X, y)
+    # binary presence: fakes have feature 0 twice, genuine feature 1 twice; feature 2 in all rows
+    p, q = np.array([3, 1, 3]), np.array([1, 3, 3])
+    np.testing.assert_allclose(nb.ratio_, np.log(p / p.sum()) - np.log(q / q.sum()))
+    assert nb.ratio_[0] > 0 > nb.ratio_[1] and abs(nb.ratio_[2]) < 1e-12
+    np.testing.assert_allclose(nb.transform(X).toarray(), (X.toarray() > 0) * nb.ratio_)
+    with pytest.raises(DataError, match="y"):
+        NBWeighting().fit(X, [1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("kind", ["lr", "nb"])
+def test_ngram_classifier_kinds_quality_floor(kind: str) -> None:
+    train_x, train_y = make_reviews(120, seed=2)
+    test_x, test_y = make_reviews(60, seed=3)
+    model = ngram_classifier(C=1.0, min_df=1, kind=kind).fit(train_x, train_y)
+    assert roc_auc_score(test_y, model.predict_proba(test_x)[:, 1]) > 0.95
+
+
+def test_ngram_classifier_unknown_kind() -> None:
+    with pytest.raises(ValidationFailed, match="kind"):
+        ngram_classifier(kind="svm-rbf")

@@ -92,3 +92,13 @@ def test_op_spam_slice(shared_data: Path) -> None:
     test = data[data.fold == 5].sample(100, random_state=0)
     det = ReviewRiskDetector(components=("ngram",), stack_folds=2).fit(train.text.tolist(), train.deceptive)
     assert roc_auc_score(test.deceptive, det.score(test.text.tolist())) > 0.8
+
+
+def test_nb_ngram_component_in_the_stack() -> None:
+    texts, y = make_reviews(80, seed=4)
+    det = ReviewRiskDetector(components=("ngram", "ngram_nb"), stack_folds=3).fit(texts, y)
+    test_x, test_y = make_reviews(40, seed=5)
+    comps = det.score_all(test_x)
+    assert set(comps) == {"ngram", "ngram_nb", "ensemble"}
+    assert roc_auc_score(test_y, comps["ngram_nb"]) > 0.95
+    assert roc_auc_score(test_y, comps["ensemble"]) > 0.95

@@ -46,13 +46,29 @@ def _pool(hidden: Any, mask: Any) -> Any:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def _batches(lengths: np.ndarray, batch_size: int, bucket: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of shuffled batches; with ``bucket`` > 1, texts of similar length share a batch.
+
+    Batches are padded to their longest text, so random batches of long reviews waste most of their
+    compute on padding. Sorting within random pools of ``bucket`` batches (then shuffling the batches)
+    keeps the epoch random while cutting the padding: about 40% less time on op_spam at 256 tokens.
+    """
+    order = rng.permutation(len(lengths))
+    if bucket > 1:
+        pool = batch_size * bucket
+        order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                                for chunk in np.array_split(order, max(1, -(-len(order) // pool)))])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))] if bucket > 1 else batches
+
+
 class MiniLMClassifier(BaseEstimator, ClassifierMixin):
     """all-MiniLM-L6-v2 + mean pooling + linear head, fine-tuned fully or with LoRA."""
 
     def __init__(self, lora: bool = False, epochs: int = 2, max_length: int = 256, batch_size: int = 16,
                  learning_rate: float | None = None, weight_decay: float = 0.01, warmup: float = 0.1,
                  lora_r: int = 8, lora_alpha: int = 16, dropout: float = 0.1, max_steps: int | None = None,
-                 threads: int | None = None, seed: int = 0) -> None:
+                 threads: int | None = None, bucket: int = 20, seed: int = 0) -> None:
         self.lora = lora
         self.epochs = epochs
         self.max_length = max_length
@@ -65,6 +81,7 @@ class MiniLMClassifier(BaseEstimator, ClassifierMixin):
         self.dropout = dropout
         self.max_steps = max_steps
         self.threads = threads
+        self.bucket = bucket
         self.seed = seed
 
     # -- training --------------------------------------------------------------------------------------
@@ -99,10 +116,9 @@ class MiniLMClassifier(BaseEstimator, ClassifierMixin):
         self.head_.train()
         step = 0
         self.losses_: list[float] = []
+        lengths = np.array([len(t) for t in texts])
         while step < total:
-            order = rng.permutation(len(texts))
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+            for idx in _batches(lengths, self.batch_size, self.bucket, rng):
                 batch = self.tokenizer_([texts[i] for i in idx], truncation=True, max_length=self.max_length,
                                         padding=True, return_tensors="pt")
                 hidden = self.encoder_(**batch).last_hidden_state
@@ -162,6 +178,7 @@ class MiniLMClassifier(BaseEstimator, ClassifierMixin):
     def __setstate__(self, state: dict[str, Any]) -> None:
         enc_w = state.pop("_encoder_weights", None)
         head_w = state.pop("_head_weights", None)
+        state.setdefault("bucket", 1)  # models pickled before length bucketing existed
         self.__dict__.update(state)
         if enc_w is None:
             return

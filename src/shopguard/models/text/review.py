@@ -4,6 +4,8 @@ Components, each a text classifier with probabilities:
 
 - ``ngram``: TF-IDF word + character n-grams and a logistic regression (en + zh; jieba for Chinese).
   The classic strong baseline on deceptive reviews (Ott et al. 2011).
+- ``ngram_nb``: NB-SVM style: binary word 1-2-gram presence scaled by naive-Bayes log-count ratios
+  and a logistic regression (Wang & Manning 2012); a second n-gram view for the stacker.
 - ``use``: frozen multilingual Universal Sentence Encoder v3 embeddings + logistic head (en + zh).
 - ``minilm``: frozen all-MiniLM-L6-v2 embeddings + logistic head (English).
 - ``minilm_ft``: MiniLM fine-tuned end to end (English).
@@ -39,7 +41,7 @@ from shopguard.models.text.finetune import MiniLMClassifier
 from shopguard.models.text.inputs import as_labels, as_texts
 from shopguard.models.text.ngrams import ngram_classifier
 
-COMPONENTS = ("ngram", "use", "minilm", "minilm_ft", "minilm_lora")
+COMPONENTS = ("ngram", "ngram_nb", "use", "minilm", "minilm_ft", "minilm_lora")
 ENGLISH_ONLY = frozenset({"minilm", "minilm_ft", "minilm_lora"})
 FINETUNED = frozenset({"minilm_ft", "minilm_lora"})
 DEFAULT_COMPONENTS = ("ngram", "use", "minilm")
@@ -79,13 +81,15 @@ class ReviewRiskDetector(Detector):
     supervised: ClassVar[bool] = True
 
     def __init__(self, components: Sequence[str] = DEFAULT_COMPONENTS, stack_folds: int = 5,
-                 finetune_holdout: float = 0.2, ngram_C: float = 10.0, embedding_C: float = 10.0,
+                 finetune_holdout: float = 0.2, ngram_C: float = 10.0, ngram_nb_C: float = 0.1,
+                 embedding_C: float = 10.0,
                  finetune_epochs: int = 2, finetune_max_length: int = 256, finetune_batch_size: int = 16,
                  finetune_max_steps: int | None = None, min_english: int = 20, seed: int = 0) -> None:
         self.components = components
         self.stack_folds = stack_folds
         self.finetune_holdout = finetune_holdout
         self.ngram_C = ngram_C
+        self.ngram_nb_C = ngram_nb_C
         self.embedding_C = embedding_C
         self.finetune_epochs = finetune_epochs
         self.finetune_max_length = finetune_max_length
@@ -112,6 +116,8 @@ class ReviewRiskDetector(Detector):
     def _new(self, comp: str) -> Any:
         if comp == "ngram":
             return ngram_classifier(C=self.ngram_C, seed=self.seed)
+        if comp == "ngram_nb":
+            return ngram_classifier(C=self.ngram_nb_C, seed=self.seed, kind="nb")
         if comp in ("use", "minilm"):
             return _EmbeddingHead(comp, self.embedding_C, self.seed)
         return MiniLMClassifier(lora=comp == "minilm_lora", epochs=self.finetune_epochs,
