@@ -13,7 +13,10 @@ costs ~0.1-0.2 ms CPU per request and never shares the server's interpreter. Ope
 requests are due at fixed times whatever the server does and latency counts from the due time, so a
 stall is never hidden (no coordinated omission). Closed loop (``--clients`` connections back to back):
 the max sustained rate. Batch endpoint: sustained events/s. Each row also carries the server process's
-CPU time per event (from /proc), which does not depend on what else the machine runs. With
+CPU time per event (from /proc), which does not depend on what else the machine runs. The HTTP rows also
+carry the server's stall meter: how many 10 ms timer wake-ups of its event loop came more than 5 / 10 ms late
+during the run (``shopguard_event_loop_lag_seconds`` from /metrics), which tells a stall inside the server
+from a slow client or a busy machine. With
 ``--sequence-model``/``--train-transformer`` the in-process and HTTP rows are repeated with the
 behaviour transformer in the path. Published figures and targets are printed beside ours; ratios are
 against the in-process rules-only baseline measured in the same run.
@@ -203,6 +206,25 @@ class Server:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def loop_lag(self) -> dict[str, float]:
+        """The server's stall meter (``shopguard_event_loop_lag_seconds``: how late a 10 ms timer fires on
+        its event loop): wake-ups so far, those late by more than 5 and 10 ms, and the largest lag."""
+        try:
+            text = httpx.get(self.url + "/metrics", headers=self.headers, timeout=10).text
+        except httpx.HTTPError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("shopguard_event_loop_lag_seconds_count"):
+                out["count"] = float(line.split()[-1])
+            elif line.startswith('shopguard_event_loop_lag_seconds_bucket{le="0.005"}'):
+                out["le5"] = float(line.split()[-1])
+            elif line.startswith('shopguard_event_loop_lag_seconds_bucket{le="0.01"}'):
+                out["le10"] = float(line.split()[-1])
+            elif line.startswith("shopguard_event_loop_lag_max_seconds"):
+                out["max_ms"] = 1000 * float(line.split()[-1])
+        return out
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -314,15 +336,23 @@ class LoadGenerator:
     def run(self, server: Server, bodies: list[bytes], rate: float | None, connections: int) -> dict[str, Any]:
         headers = {k.lower(): v for k, v in server.headers.items()}
         requests = [_http_request("/v1/events", headers, b) for b in bodies]
+        lag0 = server.loop_lag()
         cpu0 = server.cpu_seconds()
         out: dict[str, Any] = self.pool.apply(loadgen, (server.port, requests, rate, connections))
         cpu = server.cpu_seconds() - cpu0
+        lag1 = server.loop_lag()
+        stalls = {}
+        if lag0 and lag1:
+            # Timer wake-ups of the server's event loop during this run that came more than 5 / 10 ms late.
+            wakes = lag1["count"] - lag0["count"]
+            stalls = {"loop_wakeups": wakes, "loop_late_5ms": wakes - (lag1["le5"] - lag0["le5"]),
+                      "loop_late_10ms": wakes - (lag1["le10"] - lag0["le10"])}
         lat = out.pop("latencies")
         n = len(bodies)
         return {"requests": n, "rate": rate, "connections": connections, "errors": out["errors"],
                 "achieved_per_s": len(lat) / out["wall_s"] if out["wall_s"] else 0.0,
                 "server_cpu_ms_per_request": 1000 * cpu / n, "client_cpu_ms_per_request": 1000 * out["client_cpu_s"] / n,
-                **pct(lat)}
+                **pct(lat), **stalls}
 
     def close(self) -> None:
         self.pool.close()
@@ -417,7 +447,8 @@ def main() -> None:
                    "p50_ms": res.get("p50_ms"), "p99_ms": res.get("p99_ms"), "p999_ms": res.get("p999_ms"),
                    "events_per_s": res.get(eps_key), "events": res.get("events"), "errors": res.get("errors", 0)}
             # CPU per request is load independent: the figure to compare across machines and runs.
-            for k in ("offered_per_s", "server_cpu_ms_per_request", "client_cpu_ms_per_request"):
+            for k in ("offered_per_s", "server_cpu_ms_per_request", "client_cpu_ms_per_request", "loop_wakeups",
+                      "loop_late_5ms", "loop_late_10ms"):
                 if res.get(k) is not None:
                     row[k] = res[k]
             rows.append(row)
@@ -484,15 +515,17 @@ def main() -> None:
 
     base_p50 = (rows[0]["p50_ms"] if rows else None) or float("nan")
     table = Table(title="shopguard decision service (loopback, this machine; see notes)")
-    for c in ("mode", "model", "p50 ms", "p99 ms", "p99.9 ms", "events/s", "server CPU ms/event", "errors",
-              "p50 vs baseline"):
+    for c in ("mode", "model", "p50 ms", "p99 ms", "p99.9 ms", "events/s", "server CPU ms/event",
+              "loop stalls >10 ms", "errors", "p50 vs baseline"):
         table.add_column(c, justify="left" if c in ("mode", "model") else "right")
     for r in rows:
         f = (lambda v: "-" if v is None or v != v else f"{v:,.2f}")  # noqa: E731
         ratio = "-" if r["p50_ms"] is None else f"{r['p50_ms'] / base_p50:.2f}x"
         table.add_row(r["mode"], r["model"], f(r["p50_ms"]), f(r["p99_ms"]), f(r["p999_ms"]),
                       "-" if r["events_per_s"] is None else f"{r['events_per_s']:,.0f}",
-                      f(r.get("server_cpu_ms_per_request")), str(r["errors"]), ratio)
+                      f(r.get("server_cpu_ms_per_request")),
+                      "-" if r.get("loop_wakeups") is None else f"{r['loop_late_10ms']:.0f} / {r['loop_wakeups']:.0f}",
+                      str(r["errors"]), ratio)
     console.print(table)
     pub = Table(title="Published figures and targets")
     pub.add_column("reference")

@@ -122,7 +122,43 @@ def test_health_ready_metrics_and_openapi(service: Service) -> None:
     with service.client("analyst") as c:
         text = c.get("/metrics").text
     for name in ("shopguard_request_latency_seconds_bucket", "shopguard_decisions_total", "shopguard_model_info",
-                 "shopguard_errors_total"):
+                 "shopguard_errors_total", "shopguard_event_loop_lag_seconds_bucket",
+                 "shopguard_event_loop_lag_max_seconds"):
         assert name in text
+    # POST /v1/events is answered by the pure-ASGI fast path; its requests keep their route label.
+    assert 'route="/v1/events"' in text
     spec = httpx.get(service.url + "/openapi.json").json()
     assert "/v1/events" in spec["paths"] and "Event" in spec["components"]["schemas"]
+
+
+@pytest.mark.parametrize(("headers", "body", "status", "field"), [
+    ({}, b'{"type": "pay"}', 401, "Authorization"),
+    ({"Authorization": "Bearer sg_nope_nope"}, b'{"type": "pay"}', 401, "Authorization"),
+    (None, b"", 422, "body"),
+    (None, b"{not json", 422, "body"),
+    (None, b'{"events": []}', 422, "events"),
+    (None, b'{"events": [{"type": "pay"}], "x": 1}', 422, "x"),
+])
+def test_events_fast_path_answers_errors_like_the_route(service: Service, headers: dict[str, str] | None,
+                                                         body: bytes, status: int, field: str) -> None:
+    """The fast path checks auth before the body and maps errors exactly like the app's handlers."""
+    import httpx
+
+    h = {"content-type": "application/json", **(service.headers("ingest") if headers is None else headers)}
+    r = httpx.post(service.url + "/v1/events", content=body, headers=h, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["field"] == field
+    if status == 401:
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_events_fast_path_refuses_a_key_without_the_ingest_scope(service: Service) -> None:
+    import httpx
+
+    keys = {s for s in service.keys if s not in ("ingest", "admin")}
+    if not keys:
+        pytest.skip("no key without the ingest scope in this fixture")
+    r = httpx.post(service.url + "/v1/events", content=b"{}", timeout=30,
+                   headers={"content-type": "application/json", **service.headers(sorted(keys)[0])})
+    assert r.status_code == 403 and r.json()["field"] == "scope"

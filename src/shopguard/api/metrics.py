@@ -29,6 +29,13 @@ class ServiceMetrics:
         self.cases = Counter("shopguard_cases_opened_total", "Review cases opened.", registry=r)
         self.webhooks = Counter("shopguard_webhook_deliveries_total", "Webhook deliveries.", ["outcome"], registry=r)
         self.rules_loaded = Gauge("shopguard_rules_loaded", "Rules in force.", registry=r)
+        # How late the event loop wakes a 10 ms timer: every stall (a long pass, a collection, a thread
+        # holding the GIL or the core) shows here whatever the load, which request latency alone hides.
+        self.loop_lag = Histogram("shopguard_event_loop_lag_seconds", "Lateness of a 10 ms event-loop timer.",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.loop_lag_max = Gauge("shopguard_event_loop_lag_max_seconds", "Largest event-loop lag since start.",
+                                  registry=r)
+        self._lag_max = 0.0
         self._version: str | None = None
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
@@ -48,6 +55,12 @@ class ServiceMetrics:
         if child is None:
             child = self._request_children[key] = self.request_latency.labels(route, method, str(status))
         child.observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
+        if seconds > self._lag_max:
+            self._lag_max = seconds
+            self.loop_lag_max.set(seconds)
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

@@ -610,7 +610,9 @@ class DecisionEngine:
         self.metrics = metrics
         self._lock = threading.RLock()
         self._pending: dict[str, cf.Future[dict[str, Any]]] = {}
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Answers as JSON bytes: bytes are not tracked by the garbage collector, so 100,000 remembered
+        # decisions (a million small dicts and lists otherwise) never lengthen a collection pause.
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._known: set[str] = set()
         self.ready = False
         self.features_error: str | None = None
@@ -739,7 +741,7 @@ class DecisionEngine:
                             continue
                         prior = self._recent.get(eid)
                         if prior is not None:
-                            results.append(prior)
+                            results.append(orjson.loads(prior))
                             continue
                         if eid in self._known:
                             stored = self.stored_decision(eid)
@@ -831,7 +833,7 @@ class DecisionEngine:
                 self.metrics.cases_opened(len(alerts))
 
     def _remember(self, eid: str, decision: dict[str, Any]) -> None:
-        self._recent[eid] = decision
+        self._recent[eid] = orjson.dumps(decision)
         if len(self._recent) > RECENT_DECISIONS:
             self._recent.popitem(last=False)
 
@@ -1042,7 +1044,7 @@ class DecisionEngine:
 
     def decision(self, event_id: str) -> dict[str, Any] | None:
         d = self._recent.get(event_id)
-        return d if d is not None else self.stored_decision(event_id)
+        return orjson.loads(d) if d is not None else self.stored_decision(event_id)
 
 
 def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Sequence[bool]) -> list[Any]:

@@ -66,8 +66,15 @@ async def post_events(request: Request, _key: Any = Depends(require("ingest"))) 
     A repeated ``event_id`` is answered with its original decision and not counted again. A batch is
     validated whole: one bad event rejects it with 422 naming ``events[i].field``.
     """
-    state = request.app.state
-    items, batch = split_body(parse_json(await request.body()), state.settings.max_batch)
+    return Response(await decide_body(request.app.state, await request.body()), media_type="application/json")
+
+
+async def decide_body(state: Any, body: bytes) -> bytes:
+    """The JSON answer to a ``POST /v1/events`` body (raises ShopguardError subclasses for bad input).
+
+    Shared by the FastAPI route (OpenAPI, docs) and the service's pure-ASGI fast path for this route
+    (``api.app.EventsFastPath``), so both answer exactly alike."""
+    items, batch = split_body(parse_json(body), state.settings.max_batch)
     prepared = state.engine.prepare(items, batch=batch)
     # Requests arriving together share one model pass and one journal fsync (api.coalesce).
     results, _commit = await state.coalescer.submit(prepared)
@@ -75,4 +82,4 @@ async def post_events(request: Request, _key: Any = Depends(require("ingest"))) 
     # is never sent before the commit. A repeated id waits for the commit of its first sending.
     decisions = [await asyncio.wrap_future(r) if isinstance(r, cf.Future) else r for r in results]
     payload = {"decisions": decisions} if batch else decisions[0]
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return orjson.dumps(payload)
