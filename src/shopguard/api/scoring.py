@@ -122,7 +122,29 @@ def _enum_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-class ModelSlot:
+class _RegistryFollower:
+    """Follows a model registry's current pointer from the watcher thread (one stat when unchanged)."""
+
+    registry: reg.ModelRegistry | None
+    _lock: threading.Lock
+    _state_mtime: int | None
+
+    def _follow(self) -> bool:
+        raise NotImplementedError
+
+    def check(self) -> bool:
+        """Follow the registry's current pointer; returns whether a new version is now serving."""
+        if self.registry is None:
+            return False
+        m = _mtime_ns(self.registry.state_path)
+        if m == self._state_mtime:
+            return False
+        with self._lock:
+            self._state_mtime = m
+            return self._follow()
+
+
+class ModelSlot(_RegistryFollower):
     """The model in service, swapped atomically; a model that fails to load never replaces the current one.
 
     ``source`` is a model folder or a registry root; for a registry the slot follows its current pointer
@@ -161,16 +183,8 @@ class ModelSlot:
         if self.on_change is not None:
             self.on_change(model)
 
-    def check(self) -> bool:
-        """Follow the registry's current pointer; returns whether a new model is now serving."""
-        if self.registry is None:
-            return False
-        m = _mtime_ns(self.registry.state_path)
-        if m == self._state_mtime:
-            return False
-        with self._lock:
-            self._state_mtime = m
-            return self.reload()
+    def _follow(self) -> bool:
+        return self.reload()
 
     def reload(self) -> bool:
         if self.registry is None:
@@ -201,7 +215,7 @@ class ModelSlot:
         return None if m is None else m.version
 
 
-class TextModelSlot:
+class TextModelSlot(_RegistryFollower):
     """The review/chat text model in service, hot swapped like the main model.
 
     ``source`` is a text model folder (``shopguard train --detector text``) or a registry root holding
@@ -244,16 +258,8 @@ class TextModelSlot:
     def bind(self, scorer: Any) -> None:
         self.scorer = scorer
 
-    def check(self) -> bool:
-        """Follow the registry's current pointer; returns whether a new text model is now serving."""
-        if self.registry is None:
-            return False
-        m = _mtime_ns(self.registry.state_path)
-        if m == self._state_mtime:
-            return False
-        with self._lock:
-            self._state_mtime = m
-            return self._reload()
+    def _follow(self) -> bool:
+        return self._reload()
 
     def reload(self) -> bool:
         with self._lock:  # the watcher and POST /v1/models/text/reload may both ask

@@ -210,14 +210,12 @@ class PopularInterest(_Ranker):
                               list(self.classes_), probs)
 
 
-class UserFrequentInterest(_Ranker):
-    """Baseline: the user's own most-engaged values up to the cutoff; popularity breaks ties."""
+class _OwnEngagementInterest(_Ranker):
+    """Rank by the user's own engagements before the cutoff (weighted by recency when ``half_life`` is
+    set), plus ``prior_weight`` pseudo-engagements spread by popularity to break ties."""
 
-    name = "user_frequent"
-
-    def __init__(self, field: str = "category", prior_weight: float = 0.5) -> None:
-        self.field = field
-        self.prior_weight = prior_weight
+    half_life: float | None = None
+    prior_weight: float
 
     def fit(self, events: pl.DataFrame, cutoffs: datetime | Sequence[datetime]) -> Self:
         """Count engagements before the latest cutoff."""
@@ -231,15 +229,26 @@ class UserFrequentInterest(_Ranker):
     def predict_rows(self, events: pl.DataFrame, rows: pl.DataFrame) -> InterestScores:
         """Probabilities for given (user_id, cutoff) rows, in their order."""
         self._check()
-        counts = engagement_counts(events, self.field, rows, self.classes_).astype(np.float64)
-        # prior_weight < 1 pseudo-engagement spread by popularity: a user's own count always wins.
-        probs = counts + self.prior_weight * self.prior_[None, :]
+        extra = {} if self.half_life is None else {"half_life": self.half_life}
+        w = engagement_counts(events, self.field, rows, self.classes_, **extra).astype(np.float64)
+        probs = w + self.prior_weight * self.prior_[None, :]
         probs /= probs.sum(axis=1, keepdims=True)
         return InterestScores(rows["user_id"].to_numpy().astype(object), rows["cutoff"].to_numpy(),
                               list(self.classes_), probs)
 
 
-class UserRecentInterest(_Ranker):
+class UserFrequentInterest(_OwnEngagementInterest):
+    """Baseline: the user's own most-engaged values up to the cutoff; popularity breaks ties."""
+
+    name = "user_frequent"
+
+    def __init__(self, field: str = "category", prior_weight: float = 0.5) -> None:
+        self.field = field
+        # prior_weight < 1 pseudo-engagement spread by popularity: a user's own count always wins.
+        self.prior_weight = prior_weight
+
+
+class UserRecentInterest(_OwnEngagementInterest):
     """Baseline: the user's recent engagements count most (half-life ``half_life`` engagements); the
     strong baseline inside a session, where the next cart is usually something just viewed."""
 
@@ -249,24 +258,6 @@ class UserRecentInterest(_Ranker):
         self.field = field
         self.half_life = half_life
         self.prior_weight = prior_weight
-
-    def fit(self, events: pl.DataFrame, cutoffs: datetime | Sequence[datetime]) -> Self:
-        """Count engagements before the latest cutoff."""
-        self._fit_classes(events, max(as_cutoffs(cutoffs)))
-        return self
-
-    def predict_proba(self, events: pl.DataFrame, cutoffs: datetime | Sequence[datetime],
-                      user_ids: Sequence[str] | None = None) -> InterestScores:
-        return self.predict_rows(events, users_at(events, cutoffs, user_ids))
-
-    def predict_rows(self, events: pl.DataFrame, rows: pl.DataFrame) -> InterestScores:
-        """Probabilities for given (user_id, cutoff) rows, in their order."""
-        self._check()
-        w = engagement_counts(events, self.field, rows, self.classes_, half_life=self.half_life).astype(np.float64)
-        probs = w + self.prior_weight * self.prior_[None, :]
-        probs /= probs.sum(axis=1, keepdims=True)
-        return InterestScores(rows["user_id"].to_numpy().astype(object), rows["cutoff"].to_numpy(),
-                              list(self.classes_), probs)
 
 
 class NextInterest(_Ranker):
