@@ -180,4 +180,4 @@ def _print_scenarios(report: dict[str, Any]) -> None:
                        ("recall_at_1pct_fpr", "all: recall@1%FPR")):
         t.add_row(label, "", *[_fmt(m["metrics"].get(key)) for m in models])
     out.print(t)
-    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's surprise score.")
+    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's session surprise (how unlike the user's recent behaviour this is).")
