@@ -48,6 +48,7 @@ class Calibrator:
             raise ValidationFailed(f"{kind} calibration needs fraud and normal validation labels", field="y")
         self.kind_ = kind
         self.reference_ = np.sort(s)
+        self._platt_stats = None
         if kind == "isotonic":
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
             iso.fit(s, labels)
@@ -61,8 +62,13 @@ class Calibrator:
         return self
 
     def _platt_x(self, s: np.ndarray) -> np.ndarray:
-        # Standardise so the logistic fit is well conditioned whatever the score's scale.
-        mu, sd = float(np.mean(self.reference_)), float(np.std(self.reference_)) or 1.0
+        # Standardise so the logistic fit is well conditioned whatever the score's scale. The reference's
+        # mean and spread are fixed once fitted: computed on first use (also for calibrators pickled
+        # before this cache existed), not on every single-event call.
+        stats = getattr(self, "_platt_stats", None)
+        if stats is None:
+            stats = self._platt_stats = (float(np.mean(self.reference_)), float(np.std(self.reference_)) or 1.0)
+        mu, sd = stats
         return ((s - mu) / sd).reshape(-1, 1)
 
     def transform(self, scores: Any) -> np.ndarray:
