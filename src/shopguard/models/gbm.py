@@ -29,6 +29,25 @@ from shopguard.models.tabular import (
 )
 
 
+def booster_params(det: Any, seed: int) -> dict[str, Any]:
+    """LightGBM booster settings from a tree detector's hyperparameters (shared by the LightGBM detectors)."""
+    return {
+        "objective": "binary",
+        "learning_rate": det.learning_rate,
+        "num_leaves": det.num_leaves,
+        "min_child_samples": det.min_child_samples,
+        "feature_fraction": det.feature_fraction,
+        "bagging_fraction": det.bagging_fraction,
+        "bagging_freq": 1 if det.bagging_fraction < 1.0 else 0,
+        "lambda_l2": det.reg_lambda,
+        "scale_pos_weight": det.scale_pos_weight,
+        "seed": seed,
+        "deterministic": True,
+        "num_threads": det.n_jobs,
+        "verbosity": -1,
+    }
+
+
 class LightGBMDetector(Detector):
     """Gradient-boosted trees; ``score`` is the predicted fraud probability (higher = riskier).
 
@@ -77,23 +96,7 @@ class LightGBMDetector(Detector):
         self.n_seeds = n_seeds
 
     def _lgb_params(self) -> dict[str, Any]:
-        return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "bagging_freq": 1 if self.bagging_fraction < 1.0 else 0,
-            "lambda_l2": self.reg_lambda,
-            "scale_pos_weight": self.scale_pos_weight,
-            "seed": self.random_state,
-            "deterministic": True,
-            "num_threads": self.n_jobs,
-            "verbosity": -1,
-            "max_cat_to_onehot": 8,
-            "cat_smooth": 10.0,
-        }
+        return booster_params(self, self.random_state) | {"max_cat_to_onehot": 8, "cat_smooth": 10.0}
 
     def fit(self, X: Any, y: Any = None) -> Self:
         if int(self.n_seeds) < 1:

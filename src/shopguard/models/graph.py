@@ -30,6 +30,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from shopguard.errors import DataError, ModelError, ValidationFailed
 from shopguard.models.base import Detector
+from shopguard.models.gbm import booster_params
 from shopguard.models.tabular import (
     TabularEncoder,
     as_polars,
@@ -92,22 +93,7 @@ class GraphLightGBMDetector(Detector):
         self.n_jobs = n_jobs
 
     def _params(self, seed: int) -> dict[str, Any]:
-        return {
-            "objective": "binary",
-            "metric": "binary_logloss",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "bagging_freq": 1 if self.bagging_fraction < 1.0 else 0,
-            "lambda_l2": self.reg_lambda,
-            "scale_pos_weight": self.scale_pos_weight,
-            "seed": seed,
-            "deterministic": True,
-            "num_threads": self.n_jobs,
-            "verbosity": -1,
-        }
+        return booster_params(self, seed) | {"metric": "binary_logloss"}
 
     def fit(self, X: Any, y: Any = None) -> Self:
         if not isinstance(self.n_folds, int) or self.n_folds < 2:
