@@ -38,7 +38,12 @@ from shopguard.errors import DataError, ModelError
 from shopguard.models.base import Detector
 from shopguard.models.sequence.config import FinetuneConfig, PretrainConfig, preset
 from shopguard.models.sequence.finetune import FineTunedModel, finetune
-from shopguard.models.sequence.network import FoundationModel, field_weights, resolve_device
+from shopguard.models.sequence.network import (
+    FoundationModel,
+    field_weights,
+    inference_autocast,
+    resolve_device,
+)
 from shopguard.models.sequence.network import _k as net_key
 from shopguard.models.sequence.pretrain import pretrain
 from shopguard.models.sequence.sequences import SequenceBatch
@@ -191,12 +196,13 @@ def window_surprise(model: FoundationModel, batch: SequenceBatch, fields: Sequen
         for s in range(0, len(batch), batch_size):
             tok = torch.from_numpy(batch.tokens[s:s + batch_size]).to(dev)
             dt = torch.from_numpy(batch.dt[s:s + batch_size]).to(dev)
-            hidden = net.encode(tok, dt)[:, :-1]  # h_i predicts event i+1
             target = tok[:, 1:]
             total = torch.zeros(target.shape[:2], device=dev)
-            for j, key in cols:
-                logits = net.next_heads[key](hidden).float()
-                total += F.cross_entropy(logits.transpose(1, 2), target[:, :, j], reduction="none")
+            with inference_autocast(dev):  # bf16 on CUDA (NLLs from float32 logits), unchanged on CPU
+                hidden = net.encode(tok, dt)[:, :-1]  # h_i predicts event i+1
+                for j, key in cols:
+                    logits = net.next_heads[key](hidden).float()
+                    total += F.cross_entropy(logits.transpose(1, 2), target[:, :, j], reduction="none")
             outs.append(total.cpu().numpy())
     finally:
         net.train(was_training)

@@ -13,6 +13,7 @@ write ``config.json``, ``tokenizer.json`` and ``model.safetensors`` into one fol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -53,6 +54,18 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def inference_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 (fp16) autocast for inference on CUDA, a no-op on CPU.
+
+    Scoring on a GPU in fp32 leaves the tensor cores idle; the NLLs are computed from float32 logits
+    either way (``field_nll`` upcasts), so bf16 only rounds the hidden states. CPU scoring is unchanged.
+    """
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class Attention(nn.Module):
@@ -226,7 +239,9 @@ class FoundationModel:
         for s in range(0, len(batch), batch_size):
             tok = torch.from_numpy(batch.tokens[s:s + batch_size]).to(dev)
             dt = torch.from_numpy(batch.dt[s:s + batch_size]).to(dev)
-            outs.append(fn(net, tok, dt).float().cpu().numpy())
+            with inference_autocast(dev):
+                out = fn(net, tok, dt)
+            outs.append(out.float().cpu().numpy())
         net.train(was_training)
         if not outs:
             return np.zeros((0,), dtype=np.float32)

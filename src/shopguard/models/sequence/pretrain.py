@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from shopguard.models.sequence.network import (
     BehaviourTransformer,
     FoundationModel,
     autocast_dtype,
+    inference_autocast,
     resolve_device,
 )
 from shopguard.models.sequence.sequences import SequenceBatch, gather_windows, pretraining_rows
-from shopguard.models.sequence.tokenizer import BOS, MASK, PAD, EventTokenizer
+from shopguard.models.sequence.tokenizer import BOS, MASK, PAD, EventTokenizer, TokenizedEvents
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -78,6 +81,44 @@ def pretrain_loss(net: BehaviourTransformer, tokens: torch.Tensor, dt: torch.Ten
     return total, parts
 
 
+def _windows(te: TokenizedEvents, rows: np.ndarray, batch_size: int, max_len: int, device: torch.device,
+             first_batch: int = 0) -> Iterator[tuple[int, SequenceBatch, torch.Tensor, torch.Tensor]]:
+    """``(batch number, windows, tokens, dt)`` for each batch of window ends from ``first_batch`` on.
+
+    On CUDA the next batch is gathered (numpy, then pinned memory) in a background thread while the GPU
+    runs this one, and copied asynchronously: with a small model the host-side gather, not the GPU, is
+    what limits a step. The batches and their order are the same on every device.
+    """
+    starts = list(range(0, len(rows), batch_size))[first_batch:]
+
+    def load(s: int) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor]:
+        win = gather_windows(te, rows[s:s + batch_size], max_len)
+        tok, dtt = torch.from_numpy(win.tokens), torch.from_numpy(win.dt)
+        if device.type == "cuda":
+            tok, dtt = tok.pin_memory(), dtt.pin_memory()
+        return win, tok, dtt
+
+    if device.type != "cuda":
+        for i, s in enumerate(starts):
+            win, tok, dtt = load(s)
+            yield first_batch + i, win, tok, dtt
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(load, starts[0]) if starts else None
+        for i in range(len(starts)):
+            assert nxt is not None
+            win, tok, dtt = nxt.result()
+            nxt = pool.submit(load, starts[i + 1]) if i + 1 < len(starts) else None
+            yield first_batch + i, win, tok.to(device, non_blocking=True), dtt.to(device, non_blocking=True)
+
+
+def _gpu_memory(device: torch.device) -> dict[str, float]:
+    """Peak GPU memory of this run so far (GiB), for the run's history; nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"gpu_max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
 def _lr_lambda(total_steps: int, warmup: int) -> Any:
     def f(step: int) -> float:
         if step < warmup:
@@ -122,6 +163,8 @@ def pretrain(
         raise DataError("no events to pretrain on", field="events")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     amp = autocast_dtype(device, cfg.mixed_precision)
     batch_size = cfg.gpu_batch_size if device.type == "cuda" else cfg.batch_size
     te = tokenizer.transform(events)
@@ -175,12 +218,7 @@ def pretrain(
         sums: dict[str, float] = {}
         n_batches, n_events, t0 = 0, 0, time.perf_counter()
         first_batch = start_batch if epoch == start_epoch else 0
-        for b, s in enumerate(range(0, len(rows), batch_size)):
-            if b < first_batch:
-                continue
-            win: SequenceBatch = gather_windows(te, rows[s:s + batch_size], net_cfg.max_len)
-            tok = torch.from_numpy(win.tokens).to(device, non_blocking=True)
-            dtt = torch.from_numpy(win.dt).to(device, non_blocking=True)
+        for b, win, tok, dtt in _windows(te, rows, batch_size, net_cfg.max_len, device, first_batch):
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss, parts = pretrain_loss(net, tok, dtt, cfg, gen)
             opt.zero_grad(set_to_none=True)
@@ -208,7 +246,7 @@ def pretrain(
         elapsed = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, **{k: v / max(1, n_batches) for k, v in sums.items()},
                         "sequences": int(len(rows)), "events_per_s": n_events / max(elapsed, 1e-9),
-                        "seconds": elapsed})
+                        "seconds": elapsed, **_gpu_memory(device)})
         save_checkpoint(epoch + 1, 0)
     net.eval()
     model.network = net.cpu()
@@ -221,18 +259,27 @@ def pretrain(
 
 @torch.no_grad()
 def evaluate_loss(model: FoundationModel, events: pl.DataFrame, cfg: PretrainConfig | None = None,
-                  batch_size: int = 256) -> dict[str, float]:
-    """Mean pretraining losses on held-out events (masking seeded, dropout off)."""
+                  batch_size: int = 256, *, device: str = "cpu", max_windows: int | None = None) -> dict[str, float]:
+    """Mean pretraining losses on held-out events (masking seeded, dropout off).
+
+    ``device``: where to run (``cuda``: bf16 autocast); ``max_windows``: score only the first N windows
+    of the held-out tiling (a quick estimate on a big log).
+    """
     cfg = cfg or PretrainConfig()
     te = model.tokenizer.transform(events)
     rows = pretraining_rows(te, model.max_len, 0)
-    net = model.network.eval()
+    if max_windows is not None:
+        rows = rows[:max_windows]
+    dev = resolve_device(device)
+    net = model.network.to(dev).eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     sums: dict[str, float] = {}
     n = 0
     for s in range(0, len(rows), batch_size):
         win = gather_windows(te, rows[s:s + batch_size], model.max_len)
-        _, parts = pretrain_loss(net, torch.from_numpy(win.tokens), torch.from_numpy(win.dt), cfg, gen)
+        with inference_autocast(dev):
+            _, parts = pretrain_loss(net, torch.from_numpy(win.tokens).to(dev), torch.from_numpy(win.dt).to(dev),
+                                     cfg, gen)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
