@@ -13,7 +13,8 @@ costs ~0.1-0.2 ms CPU per request and never shares the server's interpreter. Ope
 requests are due at fixed times whatever the server does and latency counts from the due time, so a
 stall is never hidden (no coordinated omission). Closed loop (``--clients`` connections back to back):
 the max sustained rate. Batch endpoint: sustained events/s. Each row also carries the server process's
-CPU time per event (from /proc), which does not depend on what else the machine runs. The HTTP rows also
+CPU time per event (from /proc), which does not depend on what else the machine runs; the in-process
+single-event rows carry the process's CPU per event too (and, in the JSON, the deciding thread's alone). The HTTP rows also
 carry the server's stall meter: how many 10 ms timer wake-ups of its event loop came more than 5 / 10 ms late
 during the run (``shopguard_event_loop_lag_seconds`` from /metrics), which tells a stall inside the server
 from a slow client or a busy machine. With
@@ -141,12 +142,16 @@ def in_process(db: Path, model: Path | None, rules: Path, live: list[dict[str, A
     lat, decide = [], []
     singles = live[:n]
     t0 = time.perf_counter()
+    # CPU per event, robust to what else the machine runs: the deciding thread alone, and the whole
+    # process (writer and applier threads, and any worker threads a library wakes).
+    thread0, process0 = time.thread_time(), time.process_time()
     for rec in singles:
         t = time.perf_counter()
         d = engine.process([rec], batch=False)[0]
         lat.append(time.perf_counter() - t)
         decide.append((d.get("latency_ms") or 0) / 1000)
     single_s = time.perf_counter() - t0
+    thread_cpu, process_cpu = time.thread_time() - thread0, time.process_time() - process0
     rest = live[n:n + 10 * batch]
     t0 = time.perf_counter()
     for i in range(0, len(rest), batch):
@@ -154,7 +159,9 @@ def in_process(db: Path, model: Path | None, rules: Path, live: list[dict[str, A
     batch_s = time.perf_counter() - t0
     engine.stop()
     store.close()
+    per = 1000 / max(len(singles), 1)
     return {"start_s": start_s, "events": len(singles), "latency": pct(lat), "decide": pct(decide),
+            "cpu": {"server_cpu_ms_per_request": process_cpu * per, "deciding_thread_cpu_ms_per_event": thread_cpu * per},
             "single_events_per_s": len(singles) / single_s if single_s else 0.0,
             "batch_events_per_s": len(rest) / batch_s if batch_s and rest else 0.0}
 
@@ -447,8 +454,8 @@ def main() -> None:
                    "p50_ms": res.get("p50_ms"), "p99_ms": res.get("p99_ms"), "p999_ms": res.get("p999_ms"),
                    "events_per_s": res.get(eps_key), "events": res.get("events"), "errors": res.get("errors", 0)}
             # CPU per request is load independent: the figure to compare across machines and runs.
-            for k in ("offered_per_s", "server_cpu_ms_per_request", "client_cpu_ms_per_request", "loop_wakeups",
-                      "loop_late_5ms", "loop_late_10ms"):
+            for k in ("offered_per_s", "server_cpu_ms_per_request", "deciding_thread_cpu_ms_per_event",
+                      "client_cpu_ms_per_request", "loop_wakeups", "loop_late_5ms", "loop_late_10ms"):
                 if res.get(k) is not None:
                     row[k] = res[k]
             rows.append(row)
@@ -457,12 +464,12 @@ def main() -> None:
             console.print("in-process, rules only (baseline) …")
             base = in_process(fresh_copy(db, "rules_only"), None, args.rules, live, args.in_process, args.batch)
             add("in-process single (decide+commit)", "rules only", {**base["latency"], "events": base["events"],
-                "events_per_s": base["single_events_per_s"]})
+                "events_per_s": base["single_events_per_s"], **base["cpu"]})
             add("in-process batch", "rules only", {"events_per_s": base["batch_events_per_s"], "events": 10 * args.batch})
             console.print("in-process, rules + model …")
             full = in_process(fresh_copy(db, "full"), model, args.rules, live, args.in_process, args.batch)
             add("in-process single (decide+commit)", "rules + lightgbm", {**full["latency"], "events": full["events"],
-                "events_per_s": full["single_events_per_s"]})
+                "events_per_s": full["single_events_per_s"], **full["cpu"]})
             add("in-process decide only", "rules + lightgbm", {**full["decide"], "events": full["events"]})
             add("in-process batch", "rules + lightgbm", {"events_per_s": full["batch_events_per_s"],
                                                           "events": 10 * args.batch})
@@ -471,7 +478,8 @@ def main() -> None:
                 seq = in_process(fresh_copy(db, "seq"), model, args.rules, live, args.in_process, args.batch,
                                  sequence=args.sequence_model)
                 add("in-process single (decide+commit)", "rules + lightgbm + transformer",
-                    {**seq["latency"], "events": seq["events"], "events_per_s": seq["single_events_per_s"]})
+                    {**seq["latency"], "events": seq["events"], "events_per_s": seq["single_events_per_s"],
+                     **seq["cpu"]})
                 add("in-process decide only", "rules + lightgbm + transformer", {**seq["decide"], "events": seq["events"]})
         else:
             args.in_process = 0

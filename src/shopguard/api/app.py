@@ -232,7 +232,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 # take both cores from the event loop's thread for tens of ms (the main cause of p99 stalls).
                 store.execute(f"SET threads TO {int(settings.duckdb_threads)}")
             rules = ReloadingRules(settings.rules, check_every=settings.watch_every_s)
-            slot = ModelSlot(settings.model, on_change=lambda m: metrics_.set_model(None if m is None else m.version))
+            slot = ModelSlot(settings.model, on_change=lambda m: metrics_.set_model(None if m is None else m.version),
+                             fast_scoring=settings.fast_scoring)
             slot.load_initial()
             if slot.model is None:
                 metrics_.set_model(None)
@@ -319,7 +320,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             engine.stop()
             store.close()
 
+    otel = settings.opentelemetry
     app = FastAPI(title="shopguard decision service", version=__version__, lifespan=lifespan,
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel},
                   description="Send every shop event; get an explained decision back, stored before the answer.")
     app.state.settings = settings
     app.state.metrics = metrics_

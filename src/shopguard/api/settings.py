@@ -57,3 +57,9 @@ class ServiceSettings(BaseSettings):
                                        "default (every core).")
     events_fast_path: bool = Field(True, description="Answer POST /v1/events in a pure-ASGI handler (same auth, "
                                    "checks and answers as the FastAPI route, a third less CPU per request).")
+    fast_scoring: bool = Field(True, description="Score LightGBM models from the feature dicts with LightGBM's C "
+                               "single-row predictor (no Polars frame; exactly the same decisions, a sixth of the CPU "
+                               "per event). Other models, and off, use the frame path.")
+    opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry hooks. Off by default: the "
+                                "service's telemetry is Prometheus /metrics, and the hooks' check costs CPU on "
+                                "every request.")

@@ -179,6 +179,18 @@ class OnlineFeatureEngine:
             if main is not None:
                 groups.setdefault(id(main), (main, []))[1].append((d.name, d.aggregate, d.field, pos))
         self._groups = list(groups.values())
+        # The same plan, flattened for ``_compute`` (the service's per-event hot path): per group its kind
+        # as a small int and its features split by what they read, so the loop does no string tests.
+        self._fast_groups: list[tuple[Any, ...]] = []
+        for spec, feats in self._groups:
+            code = {"win": _WIN, "delayed": _DELAYED, "last": _SINCE, "first": _SINCE, "new": _NEW}[spec.kind]
+            counts = tuple(n for n, agg, _f, _p in feats if agg == "count")
+            distinct = tuple(n for n, agg, _f, _p in feats if agg == "distinct")
+            stats = tuple((n, agg, f if agg in ("zscore", "ratio_to_mean", "deviation") else None)
+                          for n, agg, f, _p in feats if agg not in ("count", "distinct"))
+            rates = tuple((n, p) for n, agg, _f, p in feats if agg != "count")
+            self._fast_groups.append((spec, spec.entity, code, spec.window, spec.numeric, counts, distinct, stats,
+                                      rates, tuple(n for n, *_ in feats)))
         self._current_defs = [d for d in self.feature_set.definitions if d.kind == "current"]
         self._derived = [(d.name, d.inputs[0], d.inputs[1]) for d in self.feature_set.definitions if d.kind == "derived"]
         self._attrs = self.feature_set.attrs
@@ -187,6 +199,11 @@ class OnlineFeatureEngine:
         for spec in self._specs.values():
             spec.fid = filters.setdefault((spec.types, spec.where), len(filters))
         self._numeric_fields = {s.field for s in self._specs.values() if s.numeric}
+        # ``_learn``'s loop over every piece of state, flattened the same way (kinds as small ints).
+        learn_codes = {"win": _WIN, "delayed": _DELAYED, "last": _LAST, "first": _FIRST, "new": _NEW, "pos": _POS}
+        self._learn_plan = [(spec, spec.entity, spec.fid, learn_codes[spec.kind], spec.field, spec.numeric,
+                             spec.distinct, spec.window is not None) for spec in self._specs.values()
+                            if spec.kind != "pos"]  # positives are learnt by _learn_positive
         self._pos_specs = [s for s in self._specs.values() if s.kind == "pos"]
         # Ring (account-graph) features: the same RingFeatures object the batch engine replays.
         self._rings: Any = None
@@ -328,23 +345,23 @@ class OnlineFeatureEngine:
     def _learn(self, rec: dict[str, Any], t: int) -> None:
         self.events_seen += 1
         matched: dict[int, bool] = {}  # one filter test per distinct filter
-        for spec in self._specs.values():
-            ent = rec.get(spec.entity)  # type: ignore[arg-type]
+        get = rec.get
+        for spec, entity, fid, code, fld, numeric, distinct, keep in self._learn_plan:
+            ent = get(entity)
             if ent is None:
                 continue
-            m = matched.get(spec.fid)
+            m = matched.get(fid)
             if m is None:
-                m = matched[spec.fid] = spec.matches(rec)
+                m = matched[fid] = spec.matches(rec)
             if not m:
                 continue
-            kind = spec.kind
             st = spec.state
-            if kind == "win":
+            if code == _WIN:
                 w = st.get(ent)
                 if w is None:
-                    w = st[ent] = _Window(spec.distinct, spec.window is not None)
-                w.add(t, rec.get(spec.field) if spec.field else None, spec.numeric)  # type: ignore[arg-type]
-            elif kind == "delayed":
+                    w = st[ent] = _Window(distinct, keep)
+                w.add(t, get(fld) if fld else None, numeric)
+            elif code == _DELAYED:
                 lst = st.get(ent)
                 if lst is None:
                     st[ent] = [t]
@@ -352,16 +369,16 @@ class OnlineFeatureEngine:
                     lst.append(t)
                 else:
                     bisect.insort(lst, t)
-            elif kind == "last":
+            elif code == _LAST:
                 prev = st.get(ent)
                 if prev is None or t > prev:
                     st[ent] = t
-            elif kind == "first":
+            elif code == _FIRST:
                 prev = st.get(ent)
                 if prev is None or t < prev:
                     st[ent] = t
-            elif kind == "new":
-                v = rec.get(spec.field)  # type: ignore[arg-type]
+            elif code == _NEW:
+                v = get(fld)
                 if v is not None:
                     seen = st.get(ent)
                     if seen is None:
@@ -414,46 +431,57 @@ class OnlineFeatureEngine:
         out: dict[str, Value] = dict.fromkeys(self._columns)
         for d in self._current_defs:
             out[d.name] = _current(d, rec, t)
-        for spec, feats in self._groups:
-            ent = rec.get(spec.entity)  # type: ignore[arg-type]
+        get = rec.get
+        for spec, entity, code, window, numeric, counts, distinct, stats, rates, names in self._fast_groups:
+            ent = get(entity)
             if ent is None:
                 continue  # features of an entity the event does not have stay missing
-            kind = spec.kind
-            if kind == "win":
+            if code == _WIN:
                 w = spec.state.get(ent)
-                if w is not None and spec.window is not None:
-                    w.evict(t - spec.window, spec.numeric)
-                for name, agg, fld, _pos in feats:
-                    if agg == "count":
-                        out[name] = float(w.n) if w is not None else 0.0
-                    elif agg == "distinct":
-                        out[name] = float(len(w.counter)) if w is not None and w.counter is not None else 0.0
-                    else:
-                        cur = rec.get(fld) if agg in ("zscore", "ratio_to_mean", "deviation") else None  # type: ignore[arg-type]
-                        if w is None:
-                            out[name] = finish_stats(agg, 0, 0.0, 0.0, cur)
-                        else:
-                            out[name] = finish_stats(agg, w.nv, w.s, w.s2, cur)
-            elif kind == "delayed":
+                if w is None:
+                    for name in counts:
+                        out[name] = 0.0
+                    for name in distinct:
+                        out[name] = 0.0
+                    for name, agg, fld in stats:
+                        out[name] = finish_stats(agg, 0, 0.0, 0.0, get(fld) if fld else None)
+                    continue
+                if window is not None:
+                    items = w.items
+                    if items and items[0][0] < t - window:  # most events evict nothing: skip the call
+                        w.evict(t - window, numeric)
+                    elif not items or w.nv == 0:
+                        w.s = w.s2 = 0.0  # as evict() does when no number is left: exact zeros, no drift
+                if counts:
+                    n = float(w.n)
+                    for name in counts:
+                        out[name] = n
+                if distinct:
+                    nd = float(len(w.counter)) if w.counter is not None else 0.0
+                    for name in distinct:
+                        out[name] = nd
+                for name, agg, fld in stats:
+                    out[name] = finish_stats(agg, w.nv, w.s, w.s2, get(fld) if fld else None)
+            elif code == _DELAYED:
                 n = _delayed_count(spec, ent, t)
-                for name, agg, _fld, pos in feats:
-                    if agg == "count":
-                        out[name] = float(n)
-                    else:  # label_rate
-                        out[name] = _label_hits(pos, ent, t) / n if n > 0 else None  # type: ignore[arg-type]
-            elif kind == "last" or kind == "first":
+                for name in counts:
+                    out[name] = float(n)
+                for name, pos in rates:  # label_rate
+                    out[name] = _label_hits(pos, ent, t) / n if n > 0 else None
+            elif code == _SINCE:
                 prev = spec.state.get(ent)
-                for name, *_ in feats:
-                    out[name] = (t - prev) / 1e6 if prev is not None else None
-            elif kind == "new":
-                v = rec.get(spec.field)  # type: ignore[arg-type]
+                value = (t - prev) / 1e6 if prev is not None else None
+                for name in names:
+                    out[name] = value
+            else:  # _NEW
+                v = get(spec.field)  # type: ignore[arg-type]
                 if v is None:
                     continue
                 seen = spec.state.get(ent)
                 prev = seen.get(v) if seen is not None else None
-                fresh = prev is None or (spec.window is not None and prev < t - spec.window)
-                for name, *_ in feats:
-                    out[name] = 1.0 if fresh else 0.0
+                fresh = 1.0 if prev is None or (window is not None and prev < t - window) else 0.0
+                for name in names:
+                    out[name] = fresh
         if self._rings is not None:
             self._rings.advance(_as_dt(t))
             for name, v in zip(self._rings.names, self._rings.values(rec), strict=True):
@@ -471,6 +499,9 @@ class OnlineFeatureEngine:
             for a in self._attrs:
                 out[a.name] = _attr_value(a, attrs.get(a.key) if isinstance(attrs, dict) else None, t)
         return out
+
+
+_WIN, _DELAYED, _SINCE, _NEW, _LAST, _FIRST, _POS = range(7)
 
 
 def _delayed_count(spec: _Spec, ent: Any, t: int) -> int:

@@ -163,7 +163,10 @@ class LightGBMDetector(Detector):
         return lgb_input(self, X)
 
     def score(self, X: Any) -> np.ndarray:
-        m = self._matrix(X)
+        return self.score_matrix(self._matrix(X))
+
+    def score_matrix(self, m: np.ndarray) -> np.ndarray:
+        """``score`` of an already encoded matrix (``encoder_.lgb_matrix`` or ``encoder_.encode_rows``)."""
         if m.shape[0] == 0:
             return np.zeros(0)
         if not getattr(self, "extra_boosters_", None):

@@ -12,7 +12,8 @@ time, and encodes categories in a way each learner can use:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +189,32 @@ class TabularEncoder:
 
     def lgb_matrix(self, X: pl.DataFrame) -> np.ndarray:
         return np.hstack([self.numeric_matrix(X), self.codes(X)])
+
+    def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``lgb_matrix`` of plain rows (dicts holding every feature column), without building a frame.
+
+        The service's single events arrive as dicts; a frame costs more than the trees. Same encoding:
+        numbers (booleans as 0/1, None, NaN and inf as NaN) then category codes (unseen or None as NaN).
+        A row lacking a column raises ``KeyError``.
+        """
+        n_num = len(self.numeric)
+        out = np.empty((len(rows), n_num + len(self.categorical)), dtype=np.float64)
+        if n_num:
+            take = operator.itemgetter(*self.numeric)  # every column in one C call
+            # dtype=float64 turns None into NaN (as the frame path's null does).
+            out[:, :n_num] = np.array([take(r) for r in rows], dtype=np.float64).reshape(len(rows), n_num)
+            num = out[:, :n_num]
+            bad = ~np.isfinite(num)
+            if bad.any():
+                num[bad] = np.nan
+        for j, c in enumerate(self.categorical):
+            vocab = self.vocab[c]
+            col = n_num + j
+            for i, r in enumerate(rows):
+                v = r[c]
+                code = vocab.get(None if v is None else str(v))
+                out[i, col] = np.nan if code is None else code
+        return out
 
     def dense_matrix(self, X: pl.DataFrame) -> np.ndarray:
         """Numbers with missing values filled by the training median, then category frequencies."""

@@ -44,6 +44,9 @@ _SERVICE_SCHEMAS = {
                         ("reasons", pa.string()), ("rule_hits", pa.string())]),
 }
 
+DECISION_ARROW_SCHEMA = _SERVICE_SCHEMAS["decisions"]
+CASE_ARROW_SCHEMA = _SERVICE_SCHEMAS["cases"]
+
 
 class EventStore:
     """A DuckDB file holding a shop's events, labels and decisions.
@@ -232,6 +235,51 @@ class EventStore:
             finally:
                 self.con.unregister("_incoming")
         return added
+
+    def append_decided_tables(self, events: pa.Table, decisions: pa.Table, cases: pa.Table | None = None) -> None:
+        """``append_decided`` for Arrow tables already in the store's schemas (``EVENT_ARROW_SCHEMA``,
+        ``DECISION_ARROW_SCHEMA``, ``CASE_ARROW_SCHEMA``): the decision service's journal apply.
+
+        One transaction, all or nothing, idempotent. Rows are normally all new (the service stores each
+        event once), so plain INSERTs go first: DuckDB's ``ON CONFLICT DO NOTHING`` costs about three
+        times a plain insert. If any row already exists (a journal segment applied again after a crash,
+        a repeated id) the transaction is rolled back and redone with the conflict-skipping inserts.
+        """
+        if events.num_rows == 0:
+            return
+        tables = [("events", events), ("decisions", decisions)]
+        if cases is not None and cases.num_rows:
+            tables.append(("cases", cases))
+        with self._lock:
+            for skip_existing in (False, True):
+                names = []
+                try:
+                    self.con.execute("BEGIN TRANSACTION")
+                    for name, tbl in tables:
+                        if tbl.num_rows == 0:
+                            continue
+                        view = f"_incoming_{name}"
+                        self.con.register(view, tbl)
+                        names.append(view)
+                        cols = ", ".join(tbl.column_names)
+                        if skip_existing:
+                            key = "DISTINCT ON (event_id) " if name == "events" else ""
+                            sql = f"INSERT INTO {name} ({cols}) SELECT {key}{cols} FROM {view} ON CONFLICT DO NOTHING"
+                        else:
+                            sql = f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view}"
+                        self.con.execute(sql)
+                    self.con.execute("COMMIT")
+                    return
+                except duckdb.ConstraintException:
+                    self.con.execute("ROLLBACK")
+                    if skip_existing:
+                        raise
+                except Exception:
+                    self.con.execute("ROLLBACK")
+                    raise
+                finally:
+                    for view in names:
+                        self.con.unregister(view)
 
     # -- reading ---------------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
