@@ -20,7 +20,11 @@ Rows per dataset (time split: train window, label-delay gap, test window; metric
   randomly initialised one (``scratch``), fusion fine-tuning of both (``fusion_full`` /
   ``fusion_frozen`` pretrained, ``fusion_scratch``) and LightGBM on that share of the training rows;
   ``recall_vs_lightgbm_all`` = recall at 1% FPR / LightGBM-with-all-labels' (the acceptance line is logged);
-- ``latency``: ONNX int8 incremental scoring of one event with a 64-event cached history, one core.
+- ``latency``: ONNX int8 incremental scoring of one event with a 64-event cached history, one core;
+  the same for the fusion graph (``export_onnx`` of a ``FusionClassifierDetector``: token window + the
+  event's engineered feature vector -> probability; ``frozen`` runs one encoder, ``full`` / ``lora``
+  two: the fine-tuned one and the pretrained one for the surprise columns). ``--latency-only`` runs
+  just these rows on the simulator.
 
 CPU budget (a shared 2-core machine): a tiny model (d=64, 2 layers, 32-event windows), 3 pretraining
 epochs over at most 4,000 windows each, 6 fine-tuning epochs, negatives of the fine-tuning set
@@ -439,6 +443,60 @@ def latency(events: pl.DataFrame, n: int, tmp: Path) -> dict[str, Any]:
             "events_per_s": float(1000 / np.mean(ms)) if ms.size else float("nan"), "events": int(ms.size)}
 
 
+def fusion_latency(d: Data, n: int, tmp: Path, method: str, baseline_ms: float | None) -> dict[str, Any]:
+    """Latency of the fusion graph (int8, one thread, 64-event history + the event's feature vector).
+
+    As ``latency``: the architecture, not the weights, sets it, so an untrained tiny model is exported
+    (``frozen``: one encoder gives the hidden state and the surprise; otherwise a second, pretrained
+    encoder gives the surprise). The feature vector comes from the batch engine's rows (what the online
+    aggregator would hand over); computing it is not timed here (``benchmarks/service.py`` covers it).
+    """
+    from shopguard.models.sequence.finetune import ClassifierHead
+    from shopguard.models.sequence.fusion import SURPRISE_PREFIX, FusionClassifierDetector
+
+    rows = pl.concat([feature_frame(d.train), feature_frame(d.test)])
+    columns = FusionFeatures.numeric_columns(rows)
+    surprise = ([f"{SURPRISE_PREFIX}surprise_total"] + [f"{SURPRISE_PREFIX}surprise_{f}" for f in FIELDS]
+                + [f"{SURPRISE_PREFIX}session_mean", f"{SURPRISE_PREFIX}session_peak"])
+    cfg = preset("tiny", max_len=64)
+    tok = EventTokenizer(cfg.tokenizer).fit(d.events)
+    base = FoundationModel(cfg, tok)
+    det = FusionClassifierDetector(method=method)
+    det.model_ = FineTunedModel(FoundationModel(cfg, tok), ClassifierHead(cfg.d_model, 0.1, len(columns) + 16, 0).eval())
+    det.surprise_model_ = None if method == "frozen" else base
+    det.features_ = FusionFeatures.from_dict({"columns": columns + surprise, "mean": [0.0] * (len(columns) + 16),
+                                              "scale": [1.0] * (len(columns) + 16)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(det, tmp / f"fusion-{method}")
+    inc = IncrementalScorer(tmp / f"fusion-{method}", int8=True, threads=1)
+    feats = {r["event_id"]: r for r in rows.iter_rows(named=True)}
+    by_user = d.events.group_by("user_id", maintain_order=True).agg(pl.len().alias("n"))
+    users = by_user.filter(pl.col("n") >= 65)["user_id"].to_list()[:80]
+    recs = d.events.filter(pl.col("user_id").is_in(users)).sort(["ts", "event_id"])
+    counts: dict[str, int] = {}
+    times = []
+    for rec in recs.iter_rows(named=True):
+        c = counts.get(rec["user_id"], 0)
+        counts[rec["user_id"]] = c + 1
+        f = feats.get(rec["event_id"])
+        if c < 64 or f is None:
+            inc.learn_one(rec)  # 64 events of history first; events without features are history only
+            continue
+        t0 = time.perf_counter()
+        inc.score_one(rec, features=f)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= n:
+            break
+    ms = np.asarray(times) * 1000
+    p50 = float(np.median(ms)) if ms.size else float("nan")
+    return {"dataset": "simulator",
+            "model": f"onnx_int8 fusion_{method} incremental (64-event history + {len(columns)} features, 1 thread)",
+            "p50_ms": p50, "p99_ms": float(np.percentile(ms, 99)) if ms.size else float("nan"),
+            "events_per_s": float(1000 / np.mean(ms)) if ms.size else float("nan"), "events": int(ms.size),
+            "p50_vs_classifier": p50 / baseline_ms if baseline_ms else None}
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     t = Table(title="Behaviour foundation model (tiny, CPU) vs engineered features; test windows by time")
     for c in ("dataset", "model", "ROC-AUC", "AP", "AP / LightGBM", "R@1%FPR", "labels", "trainable", "train s",
@@ -477,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="LightGBM models bagged over seeds (one seed swings ROC-AUC by +-0.1 on this small shop).")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--latency-events", type=int, default=1000)
+    p.add_argument("--latency-only", action="store_true", help="Only the ONNX latency rows (simulator).")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -486,10 +545,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         if not args.skip_simulator:
             d = simulator_data(tmp, args.sim_users, args.sim_days, args.seed, args.sim_rate_mult)
-            rows += run_dataset(d, args)
+            if not args.latency_only:
+                rows += run_dataset(d, args)
             rows.append(latency(d.events, args.latency_events, tmp))
+            for method in ("frozen", "full"):
+                rows.append(fusion_latency(d, args.latency_events, tmp, method, rows[-1 if method == "frozen" else -2]
+                                           .get("p50_ms")))
             d.store.close()
-        if not args.skip_handbook:
+        if not args.skip_handbook and not args.latency_only:
             if not args.handbook.exists():
                 log(f"Handbook data not found at {args.handbook}: skipped")
             else:

@@ -34,11 +34,24 @@ Step = Callable[[str], None]
 UNSUPERVISED_HINT = "iforest, ecod, hbos or baseline"
 
 
+#: Detectors that need the sequence extra (torch): loaded only when named. ``fusion`` is the CLI name.
+SEQUENCE_DETECTORS = {"fusion": "sequence_fusion", "sequence_fusion": "sequence_fusion"}
+
+
+def _detector_class(name: str) -> type | None:
+    if name in SEQUENCE_DETECTORS:
+        from shopguard.models.sequence.fusion import FusionClassifierDetector
+
+        return FusionClassifierDetector
+    return DETECTORS.get(name)
+
+
 def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     """A detector from the registry by CLI name, with hyperparameters."""
-    cls = DETECTORS.get(name)
+    cls = _detector_class(name)
     if cls is None:
-        raise ValidationFailed(f"unknown detector {name!r} (choose from {', '.join(sorted(DETECTORS))})",
+        names = sorted({*DETECTORS, "fusion"})
+        raise ValidationFailed(f"unknown detector {name!r} (choose from {', '.join(names)})",
                                field="detector", value=name)
     try:
         return cls(**(params or {}))
@@ -51,6 +64,48 @@ def _features(store: EventStore, since: datetime | None, until: datetime | None,
     from shopguard.features import compute_features
 
     return compute_features(store, since=since, until=until, types=types, definitions=definitions, on_step=step)
+
+
+def needs_events(detector: Any) -> bool:
+    """True for detectors that read the users' event histories at scoring time (``sequence_fusion``)."""
+    return bool(getattr(detector, "needs_events", False))
+
+
+def history_for(store: EventStore, rows: pl.DataFrame) -> pl.DataFrame:
+    """The events the windows of feature ``rows`` read: their users' events up to the last row (and the
+    rows' own events, for events without a user). Later events are left out; windows never read them."""
+    from datetime import timedelta
+
+    if rows.height == 0:
+        return store.events(limit=0)
+    end = rows["ts"].max() + timedelta(microseconds=1)
+    events = store.events(until=end)
+    users = rows["user_id"].drop_nulls().unique()
+    return events.filter(pl.col("user_id").is_in(users.implode()) | pl.col("event_id").is_in(rows["event_id"].implode()))
+
+
+def bind_events(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame) -> ModelBundle:
+    """``bundle`` itself, or, when its detector reads event histories, a copy whose detector is bound to
+    the histories of ``rows`` (so ``bundle.score`` / ``decide`` take the feature frame as for any other)."""
+    if not needs_events(bundle.detector):
+        return bundle
+    from dataclasses import replace
+
+    return replace(bundle, detector=bundle.detector.with_events(history_for(store, rows)))  # type: ignore[attr-defined]
+
+
+def _check_sequence_model(det: Detector, sp: TimeSplit) -> None:
+    """A fusion detector needs a pretrained behaviour model: a clear error naming the option otherwise."""
+    hint = (f"pretrain one on the events before the test window with `shopguard pretrain --until "
+            f"{sp.test_start:%Y-%m-%dT%H:%M} --out models/seq` (add --db as for train) and pass "
+            f"--sequence-model models/seq")
+    path = det.get_params().get("pretrained")
+    if not path:
+        raise ValidationFailed("--detector fusion needs a pretrained behaviour model (--sequence-model DIR): "
+                               f"{hint}", field="sequence_model")
+    if not (Path(path) / "config.json").exists():
+        raise ValidationFailed(f"--sequence-model {path} is not a pretrained behaviour model (no config.json): "
+                               f"{hint}", field="sequence_model", value=str(path))
 
 
 def _targets(store: EventStore, ids: pl.Series, known_before: datetime | None) -> pl.DataFrame:
@@ -71,8 +126,16 @@ def train(
     types: Sequence[str] | None = None,
     definitions: Any | None = None,
     on_step: Step | None = None,
+    evaluate_test: bool = True,
+    feature_cache: dict[Any, pl.DataFrame] | None = None,
 ) -> ModelBundle:
-    """Fit ``detector`` on the store's training window and write a model directory to ``out_dir``."""
+    """Fit ``detector`` on the store's training window and write a model directory to ``out_dir``.
+
+    ``evaluate_test=False`` leaves the test-window metrics out of the manifest (a caller that runs
+    ``evaluate`` next, like ``shopguard demo``, scores the test window once instead of twice).
+    ``feature_cache``: a dict shared by several ``train`` calls on the same store and split; the
+    feature frame is computed once per (feature set, window, types).
+    """
     from shopguard.features import feature_set
 
     step = on_step or (lambda _m: None)
@@ -81,9 +144,17 @@ def train(
     if first is None or last is None:
         raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
     sp = make_split(first, last, split)
+    if needs_events(det):
+        _check_sequence_model(det, sp)
     fs = feature_set(store, definitions, until=sp.train_end)
     step("features")
-    frame = _features(store, sp.train_start, sp.test_end, fs, types, step)
+    key = (fs.version, sp.train_start, sp.test_end, tuple(types or ()))
+    if feature_cache is not None and key in feature_cache:
+        frame = feature_cache[key]
+    else:
+        frame = _features(store, sp.train_start, sp.test_end, fs, types, step)
+        if feature_cache is not None:
+            feature_cache[key] = frame
     train_rows = frame.filter(pl.col("ts") < sp.train_end)
     if train_rows.height == 0:
         raise DataError(f"no events in the training window {sp.train_start} .. {sp.train_end}", field="split")
@@ -106,12 +177,22 @@ def train(
     det.set_params(**{k: v for k, v in pinned.items() if k in given and given[k] is None})
     step(f"fitting {det.name} on {int(fit_mask.sum()):,} events")
     X_fit = train_rows.filter(pl.Series(fit_mask))
-    det.fit(X_fit, y[fit_mask] if det.supervised else None)
+    scorer: Any = det
+    if needs_events(det):
+        # Sequence + features (fusion): the detector reads the users' histories next to the feature rows.
+        from shopguard.models.sequence.fusion import FusionInput
+
+        step("loading event histories")
+        history = history_for(store, train_rows)
+        det.fit(FusionInput(history, X_fit), y[fit_mask])
+        scorer = det.with_events(history)  # type: ignore[attr-defined]
+    else:
+        det.fit(X_fit, y[fit_mask] if det.supervised else None)
     # Calibrate and choose thresholds on the later, unseen validation slice.
     val = train_rows.filter(pl.Series(~fit_mask)) if (~fit_mask).any() else train_rows
     y_val = y[~fit_mask] if (~fit_mask).any() else y
     step("calibrating")
-    s_val = det.score(val)
+    s_val = scorer.score(val)
     cal = Calibrator().fit(s_val, y_val if y_val.sum() > 0 else None)
     p_val = cal.transform(s_val)
     from shopguard.decision.policy import Policy
@@ -129,7 +210,7 @@ def train(
     if y_val.sum() > 0 and (y_val == 0).any():
         metrics["validation"] = M.summary(y_val, s_val)
     test_rows = frame.filter(pl.col("ts") >= sp.test_start)
-    if test_rows.height:
+    if test_rows.height and evaluate_test:
         step("evaluating on the test window")
         metrics["test"] = evaluate_frame(store, bundle, test_rows)
     bundle.metrics = metrics
@@ -145,6 +226,7 @@ def evaluate_frame(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame, *
         rows = drop_known_fraud(store, rows)
     if rows.height == 0:
         return {"events": 0, "removed_known_fraud_events": before}
+    bundle = bind_events(store, bundle, rows)
     targets = _targets(store, rows["event_id"], None)
     y = targets["label"].to_numpy()
     scores = bundle.score(rows)
@@ -181,6 +263,7 @@ def drop_known_fraud(store: EventStore, rows: pl.DataFrame, entity_col: str = "u
 def evaluation_data(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame) -> dict[str, np.ndarray]:
     """Labels, scores and scenarios of evaluated rows (for the report's plots)."""
     targets = _targets(store, rows["event_id"], None)
+    bundle = bind_events(store, bundle, rows)
     return {"y": targets["label"].to_numpy(), "scores": bundle.score(rows),
             "scenarios": np.asarray(targets["scenario"].fill_null("").to_list(), dtype=object)}
 
@@ -228,6 +311,7 @@ def evaluate(
         before = rows.height
         kept = drop_known_fraud(store, rows)
         step(f"scoring {kept.height:,} events")
+        b = bind_events(store, b, kept) if kept.height else b  # histories loaded once for both passes
         m = evaluate_frame(store, b, kept, k=k, remove_known=False)
         m["removed_known_fraud_events"] = before - kept.height
         results.append({"model_version": b.model_version, "detector": b.detector.name,
@@ -267,6 +351,9 @@ def score_events(
     step = on_step or (lambda _m: None)
     text = _text_scores(store, text_model_dir, since, until, step) if text_model_dir is not None else {}
     rows = _features(store, since, until, bundle.feature_set, types, step)
+    if needs_events(bundle.detector):
+        step("loading event histories")
+        bundle = bind_events(store, bundle, rows)
     written = 0
     chunk = 50_000
     decided: set[str] = set()

@@ -23,7 +23,7 @@ DEFAULT_HOME = Path("shopguard-data")
 SUPERVISED = ("lightgbm",)
 UNSUPERVISED = ("iforest", "ecod", "baseline")
 SHORT_NAMES = {"lightgbm": "LightGBM", "iforest": "IForest", "ecod": "ECOD", "hbos": "HBOS",
-               "baseline": "UserBase", "foundation_surprise": "FM"}
+               "baseline": "UserBase", "foundation_surprise": "FM", "sequence_fusion": "FM+feat"}
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +43,10 @@ def demo(
     foundation: Annotated[
         bool, typer.Option("--foundation/--no-foundation", help="Also pretrain the tiny behaviour foundation model.")
     ] = True,
+    fusion: Annotated[
+        bool, typer.Option("--fusion/--no-fusion", help="With --foundation: also train the foundation model fused "
+                                                        "with the engineered features on the labels (FM+feat).")
+    ] = True,
 ) -> None:
     """Simulate a shop, train and evaluate every detector, and print what each one catches."""
     from shopguard.store import EventStore
@@ -59,13 +63,16 @@ def demo(
         else:
             console.print(f"using the {store.count_events():,} events already in {store_path} (--fresh to rebuild)")
         _print_stats(store.stats())
-        model_dirs = _train_all(store, models_dir, delay_days=delay_days, test_days=test_days)
+        cache: dict[Any, Any] = {}  # one feature computation for every detector trained here
+        model_dirs = _train_all(store, models_dir, delay_days=delay_days, test_days=test_days, cache=cache)
         extra = []
         if foundation:
             from shopguard.models.bundle import ModelBundle
 
             fm = _foundation(store, models_dir, ModelBundle.load(model_dirs[0]).split)
             extra = [fm] if fm is not None else []
+            if fm is not None and fusion:
+                model_dirs += _fusion(store, models_dir, delay_days=delay_days, test_days=test_days, cache=cache)
         report = _evaluate(store, model_dirs, reports_dir, extra)
     _print_scenarios(report)
     elapsed = time.perf_counter() - started
@@ -105,7 +112,8 @@ def _print_stats(stats: dict[str, Any]) -> None:
     out.print(t)
 
 
-def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: float) -> list[Path]:
+def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: float,
+               cache: dict[Any, Any] | None = None) -> list[Path]:
     from shopguard.evaluation.splits import SplitConfig
     from shopguard.pipeline import train
 
@@ -117,7 +125,7 @@ def _train_all(store: Any, models_dir: Path, *, delay_days: float, test_days: fl
             prog.update(task, description=f"training {name}")
             target = models_dir / name
             try:
-                train(store, target, detector=name, split=split,
+                train(store, target, detector=name, split=split, feature_cache=cache,
                       on_step=lambda m, n=name: prog.update(task, description=f"{n}: {m}"))
             except DataError as exc:
                 console.print(f"[yellow]skipped {name}:[/] {exc.message}")
@@ -143,6 +151,31 @@ def _foundation(store: Any, models_dir: Path, split: dict[str, Any]) -> dict[str
         task = prog.add_task("pretraining the behaviour foundation model", total=None)
         return surprise_result(store, split, out_dir=models_dir / "foundation",
                                on_step=lambda m: prog.update(task, description=f"foundation model: {m}"))
+
+
+def _fusion(store: Any, models_dir: Path, *, delay_days: float, test_days: float,
+            cache: dict[Any, Any] | None = None) -> list[Path]:
+    """The pretrained model fused with the engineered features (``train --detector fusion``): its column.
+
+    Kept cheap: the exact linear probe on a frozen encoder (the default), fitted on every positive and
+    3,000 other rows, windows of the last 32 events (the encoder's cost grows with the window); the test
+    window is scored once, by the evaluation that follows.
+    """
+    from shopguard.evaluation.splits import SplitConfig
+    from shopguard.pipeline import train
+
+    target = models_dir / "fusion"
+    with progress() as prog:
+        task = prog.add_task("training the fused model (foundation model + features)", total=None)
+        try:
+            train(store, target, detector="fusion",
+                  params={"pretrained": str(models_dir / "foundation"), "fit_negatives": 3000, "max_len": 32},
+                  split=SplitConfig(delay_days=delay_days, test_days=test_days), evaluate_test=False,
+                  feature_cache=cache, on_step=lambda m: prog.update(task, description=f"fusion: {m}"))
+        except DataError as exc:
+            console.print(f"[yellow]skipped fusion:[/] {exc.message}")
+            return []
+    return [target]
 
 
 def _evaluate(store: Any, model_dirs: list[Path], reports_dir: Path, extra: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,4 +213,4 @@ def _print_scenarios(report: dict[str, Any]) -> None:
                        ("recall_at_1pct_fpr", "all: recall@1%FPR")):
         t.add_row(label, "", *[_fmt(m["metrics"].get(key)) for m in models])
     out.print(t)
-    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's session surprise (how unlike the user's recent behaviour this is).")
+    out.print("sup. = learns from labels; unsup. = no labels. FM = the behaviour foundation model's session surprise (how unlike the user's recent behaviour this is). FM+feat = the same pretrained model fused with the engineered features, trained on the labels (`train --detector fusion`).")

@@ -46,7 +46,9 @@ def finetune_cmd(
 
     With --fusion the head also reads the event's engineered point-in-time features and the pretrained
     per-field surprise (nuFormer-style joint fine-tuning); the result is a detector folder
-    (`load_detector(OUT)`), scored from events + features, so no ONNX export.
+    (`load_detector(OUT)`), scored from events + features; its ONNX graph (OUT/onnx) takes the token
+    window and the raw feature vector. `shopguard train --detector fusion` trains the same model as a
+    model directory for `score` / `evaluate`.
     """
     from shopguard.features.targets import event_targets
     from shopguard.models.sequence.config import FinetuneConfig
@@ -57,7 +59,8 @@ def finetune_cmd(
         raise ValidationFailed(f"--method must be one of {', '.join(METHODS)}", field="method", value=method)
     model = FoundationModel.load(pretrained)
     if fusion:
-        _fusion(pretrained, out_dir, db, method, surprise, epochs, scenario, types, since, until, seed, threads)
+        _fusion(pretrained, out_dir, db, method, surprise, epochs, scenario, types, since, until, seed, threads,
+                export)
         return
     with open_store(db) as store:
         # Histories need the events before `since`; targets are filtered below.
@@ -100,7 +103,7 @@ def finetune_cmd(
 
 def _fusion(pretrained: Path, out_dir: Path, db: Path | None, method: str, surprise: bool, epochs: int | None,
             scenario: str | None, types: str | None, since: datetime | None, until: datetime | None, seed: int,
-            threads: int | None) -> None:
+            threads: int | None, export: bool = True) -> None:
     """Fusion fine-tuning: features from the store's batch engine, a ``sequence_fusion`` detector out."""
     from shopguard.features.batch import compute_features
     from shopguard.features.targets import event_targets
@@ -134,4 +137,9 @@ def _fusion(pretrained: Path, out_dir: Path, db: Path | None, method: str, surpr
                  ("seconds", f"{info['seconds']:.1f}")):
         t.add_row(k, v)
     out.print(t)
+    if export:
+        from shopguard.models.sequence.export import export_onnx
+
+        res = export_onnx(det, out_dir / "onnx")
+        out.print(f"ONNX (tokens, dt, features -> probability): {res.fp32}" + (f", int8: {res.int8}" if res.int8 else ""))
     out.print(f"[bold green]fine-tuned (fusion)[/] -> {out_dir}  (load with shopguard.models.base.load_detector)")

@@ -44,8 +44,10 @@ def _params(text: str | None) -> dict | None:
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
     db: DbOption = None,
-    detector: Annotated[str, typer.Option("--detector", help="lightgbm, iforest, ecod, hbos, baseline, or text "
-                                                               "(review/chat text model, for `score --text-model`).")] = "lightgbm",
+    detector: Annotated[str, typer.Option("--detector", help="lightgbm, iforest, ecod, hbos, baseline, fusion "
+                                                               "(pretrained behaviour transformer + features, "
+                                                               "needs --sequence-model), or text (review/chat text "
+                                                               "model, for `score --text-model`).")] = "lightgbm",
     train_days: Annotated[float | None, typer.Option("--train-days", help="Training window (days); default all.")] = None,
     delay_days: Annotated[float, typer.Option("--delay-days", help="Label-delay gap before the test window.")] = 7.0,
     test_days: Annotated[float, typer.Option("--test-days", help="Held-out test window at the end.")] = 7.0,
@@ -54,21 +56,44 @@ def train(
     alert_rate: Annotated[float | None, typer.Option("--alert-rate", help="Alert budget as a share of events "
                                                                            "(instead of --target-fpr).")] = None,
     params: Annotated[str | None, typer.Option("--params", help="Detector hyperparameters as JSON.")] = None,
+    sequence_model: Annotated[Path | None, typer.Option(
+        "--sequence-model", help="With --detector fusion: folder written by `shopguard pretrain` (pretrain on "
+        "events before the test window, e.g. --until).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="With --detector fusion: frozen (default: exact "
+                                               "linear probe, fast), lora or full.")] = None,
+    export: Annotated[bool, typer.Option("--export/--no-export", help="With --detector fusion: also write the "
+                                         "ONNX graph (token window + features -> probability) to OUT/onnx.")] = True,
 ) -> None:
     """Train a detector (time-ordered split with a label-delay gap) and write MODEL_DIR."""
+    from shopguard.pipeline import SEQUENCE_DETECTORS
     from shopguard.pipeline import train as run_train
 
     split = SplitConfig(train_days=train_days, delay_days=delay_days, test_days=test_days, train_start=train_start)
     if detector == "text":
         _train_text(db, out_dir, split, _params(params))
         return
+    hyper = _params(params)
+    if sequence_model is not None or method is not None:
+        if detector not in SEQUENCE_DETECTORS:
+            opt = "--sequence-model" if sequence_model is not None else "--method"
+            raise ValidationFailed(f"{opt} is for --detector fusion, not {detector!r}",
+                                   field=opt.lstrip("-").replace("-", "_"), value=detector)
+        if method is not None and method not in ("frozen", "lora", "full"):
+            raise ValidationFailed("--method must be frozen, lora or full", field="method", value=method)
+        hyper = {**(hyper or {}), **({"pretrained": str(sequence_model)} if sequence_model is not None else {}),
+                 **({"method": method} if method is not None else {})}
     with open_existing(db) as store, progress(transient=True) as prog:
         task = prog.add_task("training", total=None)
-        bundle = run_train(store, out_dir, detector=detector, params=_params(params), split=split,
+        bundle = run_train(store, out_dir, detector=detector, params=hyper, split=split,
                            target_fpr=target_fpr, alert_rate=alert_rate,
                            on_step=lambda m: prog.update(task, description=m))
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
+    if export and getattr(bundle.detector, "needs_events", False):
+        from shopguard.models.sequence.export import export_onnx
+
+        res = export_onnx(bundle.detector, out_dir / "onnx")
+        out.print(f"ONNX (tokens, dt, features -> probability): {res.fp32}" + (f", int8: {res.int8}" if res.int8 else ""))
 
 
 def _train_text(db: Path | None, out_dir: Path, split: SplitConfig, params: dict | None) -> None:

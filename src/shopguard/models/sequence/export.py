@@ -15,6 +15,14 @@ scores: the batch detector reads each earlier event's surprise *inside the targe
 context cut at the window start), and the one causal pass already yields it for every slot, so parity
 is exact at the cost of the small behaviour heads over L-1 positions instead of one.
 
+``kind="fusion"`` is the serving form of a fitted ``FusionClassifierDetector`` (``export_onnx(detector,
+dir)``, or the folder it or its ``shopguard train --detector fusion`` model directory was saved to): one
+graph maps ``tokens``, ``dt`` and ``features`` (B, K) float32 — the event's raw engineered features in
+``export.json``'s ``features`` order, NaN where missing — to the probability. Everything the batch
+detector does between them is inside: the pretrained model's surprise columns (per-field NLL of the
+target, session mean / peak over the window), the signed log, standardisation, clipping and missing
+-> 0 of ``FusionFeatures``, the fine-tuned encoder and the linear head.
+
 ``IncrementalScorer`` keeps each user's last ``max_len`` token rows and the state the tokenizer needs
 (last event time, devices / IPs / geos / instruments seen), so scoring one new event is one small
 forward over a cached window: no store query, no re-tokenising of the history.
@@ -43,7 +51,7 @@ from shopguard.models.sequence.tokenizer import BOS, FIELDS, OFFSET, PAD, EventT
 EXPORT_FILE = "export.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
-Kind = Literal["classifier", "surprise", "embedding", "session"]
+Kind = Literal["classifier", "surprise", "embedding", "session", "fusion"]
 
 
 class _Graph(nn.Module):
@@ -72,6 +80,160 @@ class _Graph(nn.Module):
             return self.encoder.embed(tokens, dt)
         assert self.head is not None
         return torch.sigmoid(self.head(self.encoder.encode(tokens, dt)[:, -1, :]))
+
+
+class FusionGraph(nn.Module):
+    """Token window + raw engineered features -> probability: ``FusionClassifierDetector.score`` in one pass.
+
+    Both the detector's batch scoring (torch) and the ONNX export run this module (``fusion_graph``).
+    ``index`` orders [features (K), surprise columns (16)] into the fitted ``FusionFeatures`` columns;
+    ``surprise_encoder`` is None when the classifier's own encoder is the pretrained one (``frozen``).
+    """
+
+    def __init__(self, encoder: BehaviourTransformer, head: nn.Module, surprise: bool,
+                 surprise_encoder: BehaviourTransformer | None, index: list[int], mean: np.ndarray,
+                 scale: np.ndarray, length: int, session_events: int, session_minutes: float,
+                 session_fields: Sequence[str]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.surprise = surprise
+        self.surprise_encoder = surprise_encoder
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        slots = length - 1
+        k = torch.arange(slots)
+        self.register_buffer("last_k", k >= slots - session_events)
+        self.register_buffer("is_target", k == slots - 1)
+        self.minutes = float(session_minutes)
+        self.all_cols = [(j, net_key(f)) for j, f in enumerate(FIELDS)]
+        self.session_cols = [(FIELDS.index(f), net_key(f)) for f in session_fields]
+
+    def _surprise(self, net: BehaviourTransformer, hidden: torch.Tensor, tokens: torch.Tensor,
+                  dt: torch.Tensor) -> torch.Tensor:
+        """(B, 16): per-field NLL of the target, their total, session mean and peak (``fusion_frame``)."""
+        prev, target = hidden[:, -2, :], tokens[:, -1, :]
+        per_field = []
+        for j, key in self.all_cols:
+            logp = torch.log_softmax(net.next_heads[key](prev).float(), dim=-1)
+            per_field.append(-torch.gather(logp, -1, target[:, j:j + 1]).squeeze(-1))
+        fields = torch.stack(per_field, dim=1)
+        # As ``detectors.window_surprise`` + ``session_surprise`` (behaviour fields, every slot).
+        h, nxt = hidden[:, :-1], tokens[:, 1:]
+        nll = torch.zeros(nxt.shape[:2], dtype=torch.float32, device=tokens.device)
+        for j, key in self.session_cols:
+            logp = torch.log_softmax(net.next_heads[key](h).float(), dim=-1)
+            nll = nll - torch.gather(logp, -1, nxt[:, :, j:j + 1]).squeeze(-1)
+        valid = nxt[:, :, 0] > BOS
+        gaps = torch.where(valid, torch.exp(dt[:, 1:]) - 1.0, torch.zeros_like(nll))
+        # age of slot p = the sum of the gaps after it (a CumSum, not a MatMul: int8 must not round seconds)
+        age = torch.flip(torch.cumsum(torch.flip(gaps, dims=[1]), dim=1), dims=[1]) - gaps
+        last = valid & self.last_k[None, :]
+        mean_k = (nll * last.float()).sum(dim=1) / last.float().sum(dim=1).clamp(min=1.0)
+        recent = (valid & (age <= self.minutes * 60.0)) | self.is_target[None, :]
+        peak = torch.where(recent, nll, torch.full_like(nll, -1e30)).amax(dim=1)
+        return torch.cat([fields.sum(dim=1, keepdim=True), fields, mean_k[:, None], peak[:, None]], dim=1)
+
+    def forward(self, tokens: torch.Tensor, dt: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder.encode(tokens, dt)
+        x = features.float()
+        if self.surprise:
+            net = self.surprise_encoder if self.surprise_encoder is not None else self.encoder
+            hs = hidden if self.surprise_encoder is None else net.encode(tokens, dt)
+            x = torch.cat([x, self._surprise(net, hs, tokens, dt)], dim=1)
+        x = torch.index_select(x, 1, self.index)
+        x = torch.sign(x) * torch.log1p(torch.abs(x))  # FusionFeatures: signed log, then standardise
+        z = (x - self.mean) / self.scale
+        z = torch.where(torch.isfinite(z), z, torch.zeros_like(z)).clamp(-5.0, 5.0)  # missing = the mean
+        return torch.sigmoid(self.head(hidden[:, -1, :], z))
+
+
+def fusion_detector(model: Any) -> Any | None:
+    """A fitted ``FusionClassifierDetector`` from itself, its saved folder or a model directory holding
+    one (``shopguard train --detector fusion``); None for anything else."""
+    from shopguard.models.sequence.fusion import FusionClassifierDetector
+
+    if isinstance(model, FusionClassifierDetector):
+        return model
+    if not isinstance(model, str | Path):
+        return None
+    folder = Path(model)
+    for cand in (folder, folder / "detector"):
+        meta = cand / "detector.json"
+        if meta.exists() and json.loads(meta.read_text()).get("name") == FusionClassifierDetector.name:
+            from shopguard.models.base import load_detector
+
+            return load_detector(cand)
+    return None
+
+
+def fusion_graph(det: Any) -> FusionGraph:
+    """The one-pass scoring module of a fitted ``FusionClassifierDetector`` (its own weights, not copies;
+    CPU, eval mode). Inputs: windows and the raw ``det.feature_columns`` (NaN = missing)."""
+    from shopguard.models.sequence.detectors import BEHAVIOUR_FIELDS, SESSION_EVENTS, SESSION_MINUTES
+    from shopguard.models.sequence.fusion import SURPRISE_COLUMNS
+
+    det.check_fitted()
+    model: FineTunedModel = det.model_
+    features = det.feature_columns
+    pos = {c: i for i, c in enumerate(features)}
+    if det.surprise:
+        pos.update({c: len(features) + i for i, c in enumerate(SURPRISE_COLUMNS)})
+    columns = det.features_.columns or []
+    unknown = [c for c in columns if c not in pos]
+    if unknown:
+        raise ModelError(f"fused column {unknown[0]!r} has no source in the fusion graph", field="features",
+                         value=unknown[0])
+    encoder = model.network.cpu().eval()
+    surprise_net = det.surprise_model_.network.cpu().eval() if det.surprise and det.surprise_model_ is not None else None
+    return FusionGraph(encoder, model.head.cpu().eval(), bool(det.surprise), surprise_net,
+                       [pos[c] for c in columns], det.features_.mean_, det.features_.scale_, det.window + 1,
+                       SESSION_EVENTS, SESSION_MINUTES, BEHAVIOUR_FIELDS).eval()
+
+
+def _export_fusion(det: Any, folder: str | Path, *, quantize: bool, opset: int) -> ExportResult:
+    graph = fusion_graph(det)
+    model: FineTunedModel = det.model_
+    features = det.feature_columns
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    nets = [graph.encoder] + ([graph.surprise_encoder] if graph.surprise_encoder is not None else [])
+    length = det.window + 1
+    tokens = torch.full((2, length, len(FIELDS)), PAD, dtype=torch.long)
+    tokens[:, -3] = BOS
+    tokens[:, -2:] = OFFSET
+    dt = torch.zeros((2, length), dtype=torch.float32)
+    feats = torch.zeros((2, len(features)), dtype=torch.float32)
+    fp32 = out / FP32_FILE
+    for n in nets:
+        n.set_export_mode(True)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(graph, (tokens, dt, feats), str(fp32), input_names=["tokens", "dt", "features"],
+                              output_names=["score"],
+                              dynamic_axes={"tokens": {0: "batch"}, "dt": {0: "batch"}, "features": {0: "batch"},
+                                            "score": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    finally:
+        for n in nets:
+            n.set_export_mode(False)
+    int8 = None
+    if quantize:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # The head is one small dot product over [hidden state, standardised features]: int8 would save
+        # nothing there and move the probability most; the encoder and the surprise heads are quantised.
+        head_nodes = [n.name for n in onnx.load(str(fp32)).graph.node if n.name.startswith("/head/")]
+        int8 = out / INT8_FILE
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, nodes_to_exclude=head_nodes)
+    model.tokenizer.save(out)
+    meta: dict[str, Any] = {"kind": "fusion", "max_len": det.window, "fields": list(FIELDS), "opset": opset,
+                            "fp32": FP32_FILE, "int8": INT8_FILE if int8 else None, "features": features,
+                            "surprise": bool(det.surprise), "method": det.method}
+    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+    return ExportResult(out, fp32, int8, "fusion")
 
 
 @dataclass
@@ -115,7 +277,14 @@ def export_onnx(model: FoundationModel | Any, folder: str | Path, *, kind: Kind 
     the folder it was saved to): a session detector exports ``kind="session"`` with its fields and
     statistics, an ``aggregate="event"`` one the raw per-event surprise over its fields. ``session``
     (``session_spec(detector)``'s keys ``fields``, ``events``, ``minutes``, ``stats``) sets them by hand.
+    A fitted ``FusionClassifierDetector`` (or its folder, or a model directory holding one) exports
+    ``kind="fusion"``: inputs ``tokens``, ``dt`` and ``features`` (see the module docstring).
     """
+    fusion = None if isinstance(model, FoundationModel) else fusion_detector(model)
+    if fusion is not None:
+        return _export_fusion(fusion, folder, quantize=quantize, opset=opset)
+    if kind == "fusion":
+        raise ModelError("kind='fusion' needs a fitted sequence_fusion detector", field="kind", value=kind)
     if not isinstance(model, FoundationModel):
         model, spec, event_fields = _from_detector(model)
         session = session or spec
@@ -223,19 +392,48 @@ class OnnxScorer:
         self.max_len = int(self.meta["max_len"])
         self.kind = self.meta["kind"]
         self.session_spec: dict[str, Any] | None = self.meta.get("session") if self.kind == "session" else None
+        #: ``fusion``: the engineered feature columns the graph's ``features`` input takes, in order.
+        self.feature_names: list[str] | None = self.meta.get("features") if self.kind == "fusion" else None
 
-    def run(self, tokens: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"tokens": tokens, "dt": dt})[0]
+    def feature_matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        """(B, K) float32 ``features`` input of a fusion export from a feature frame (nulls -> NaN)."""
+        if self.feature_names is None:
+            raise ModelError(f"a {self.kind!r} export takes no features", field="features")
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise ModelError(f"feature frame lacks column {missing[0]!r} the exported fusion model reads",
+                             field=missing[0])
+        x = frame.select([pl.col(c).cast(pl.Float64) for c in self.feature_names]).to_numpy()
+        return np.ascontiguousarray(x, dtype=np.float32)
 
-    def score_windows(self, tokens: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        """One score per window (B,) (embeddings: (B, D)); ``session`` aggregates the per-slot NLL."""
-        out = self.run(tokens, dt)
+    def _features(self, features: np.ndarray | None, n: int) -> np.ndarray:
+        if features is None:
+            raise ModelError("a fusion export needs features=(windows x features) next to the windows",
+                             field="features")
+        x = np.asarray(features, dtype=np.float32).reshape(n, -1)
+        if self.feature_names is not None and x.shape[1] != len(self.feature_names):
+            raise ModelError(f"features has {x.shape[1]} columns, the export reads {len(self.feature_names)}",
+                             field="features", value=x.shape)
+        return x
+
+    def run(self, tokens: np.ndarray, dt: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"tokens": tokens, "dt": dt}
+        if self.kind == "fusion":
+            feeds["features"] = self._features(features, tokens.shape[0])
+        return self.session.run(None, feeds)[0]
+
+    def score_windows(self, tokens: np.ndarray, dt: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """One score per window (B,) (embeddings: (B, D)); ``session`` aggregates the per-slot NLL;
+        ``fusion`` needs the windows' ``features`` (B, K)."""
+        out = self.run(tokens, dt, features)
         if self.session_spec is not None:
             return session_scores(out, tokens, dt, self.session_spec)
         return out
 
-    def score(self, batch: SequenceBatch, batch_size: int = 1024) -> np.ndarray:
-        outs = [self.score_windows(batch.tokens[s:s + batch_size], batch.dt[s:s + batch_size])
+    def score(self, batch: SequenceBatch, batch_size: int = 1024, features: np.ndarray | None = None) -> np.ndarray:
+        x = self._features(features, len(batch)) if self.kind == "fusion" else None
+        outs = [self.score_windows(batch.tokens[s:s + batch_size], batch.dt[s:s + batch_size],
+                                   None if x is None else x[s:s + batch_size])
                 for s in range(0, len(batch), batch_size)]
         return np.concatenate(outs) if outs else np.zeros(0, dtype=np.float32)
 
@@ -277,24 +475,34 @@ class IncrementalScorer:
             h = self.users[key] = _UserHistory(self.length)
         return h
 
-    def score_one(self, record: dict[str, Any], *, learn: bool = True) -> float:
-        """Score of one event (a store record with a datetime ``ts``) given its user's cached history."""
+    def score_one(self, record: dict[str, Any], *, learn: bool = True, features: Any = None) -> float:
+        """Score of one event (a store record with a datetime ``ts``) given its user's cached history.
+
+        A ``fusion`` export also needs the event's ``features``: its engineered feature values in the
+        export's ``features`` order (a sequence or array, NaN where missing), or a dict by name.
+        """
         h = self._history(record)
         row, dt = self.tokenizer.encode_one(record, h.state)
         self._tokens[0, :-1] = h.tokens[1:]
         self._tokens[0, -1] = row
         self._dt[0, :-1] = h.dt[1:]
         self._dt[0, -1] = dt
-        out = self.scorer.score_windows(self._tokens, self._dt)
+        if isinstance(features, dict) and self.scorer.feature_names is not None:
+            features = [features.get(c) for c in self.scorer.feature_names]
+        x = None
+        if features is not None:
+            vals = features if isinstance(features, np.ndarray) else [np.nan if v is None else v for v in features]
+            x = np.asarray(vals, dtype=np.float32).reshape(1, -1)
+        out = self.scorer.score_windows(self._tokens, self._dt, x)
         if learn:
             h.tokens[:] = self._tokens[0]
             h.dt[:] = self._dt[0]
             self.tokenizer.state_update(record, h.state)
         return float(np.asarray(out).reshape(-1)[0]) if self.scorer.kind != "embedding" else out
 
-    def score_windows(self, tokens: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    def score_windows(self, tokens: np.ndarray, dt: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Scores (B,) of windows stacked by the caller (``api.scoring.sequence_scores``): one ONNX run."""
-        return self.scorer.score_windows(tokens, dt)
+        return self.scorer.score_windows(tokens, dt, features)
 
     def learn_one(self, record: dict[str, Any]) -> None:
         """Add an event to its user's history without scoring it."""
