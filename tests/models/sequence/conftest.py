@@ -73,3 +73,12 @@ def pretrained_dir(tmp_path_factory: pytest.TempPathFactory, toy_log: pl.DataFra
 @pytest.fixture
 def pretrained(pretrained_dir: Path) -> FoundationModel:
     return FoundationModel.load(pretrained_dir)
+
+
+def tabular(log: pl.DataFrame) -> pl.DataFrame:
+    """Point-in-time per-user features (earlier events only), with a missing value where there is no history."""
+    return log.sort("ts").with_columns(
+        user_events=pl.int_range(pl.len()).over("user_id").cast(pl.Float64),
+        since_prev_s=(pl.col("ts") - pl.col("ts").shift(1).over("user_id")).dt.total_seconds().cast(pl.Float64),
+        new_device=(pl.col("device_id") != pl.col("device_id").shift(1).over("user_id")).cast(pl.Float64),
+    ).select("event_id", "ts", "type", "user_id", "amount", "user_events", "since_prev_s", "new_device")

@@ -17,17 +17,7 @@ from shopguard.models.sequence.finetune import FineTunedModel, finetune
 from shopguard.models.sequence.fusion import FusionClassifierDetector, FusionFeatures, FusionInput
 from shopguard.models.sequence.network import FoundationModel
 
-from .conftest import make_log
-
-
-def tabular(log: pl.DataFrame) -> pl.DataFrame:
-    """Point-in-time per-user features of each event (only earlier events): what the feature engine gives."""
-    s = log.sort("ts")
-    return s.with_columns(
-        user_events=pl.int_range(pl.len()).over("user_id").cast(pl.Float64),
-        since_prev_s=(pl.col("ts") - pl.col("ts").shift(1).over("user_id")).dt.total_seconds().cast(pl.Float64),
-        new_device=(pl.col("device_id") != pl.col("device_id").shift(1).over("user_id")).cast(pl.Float64),
-    ).select("event_id", "ts", "type", "user_id", "amount", "user_events", "since_prev_s", "new_device")
+from .conftest import make_log, tabular
 
 
 @pytest.fixture(scope="module")

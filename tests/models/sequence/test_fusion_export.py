@@ -14,16 +14,7 @@ from shopguard.models.base import load_detector
 from shopguard.models.sequence.export import IncrementalScorer, OnnxScorer, export_onnx
 from shopguard.models.sequence.fusion import FusionClassifierDetector, FusionInput
 
-from .conftest import make_log
-
-
-def tabular(log: pl.DataFrame) -> pl.DataFrame:
-    """Point-in-time per-user features (earlier events only), with a missing value where there is no history."""
-    return log.sort("ts").with_columns(
-        user_events=pl.int_range(pl.len()).over("user_id").cast(pl.Float64),
-        since_prev_s=(pl.col("ts") - pl.col("ts").shift(1).over("user_id")).dt.total_seconds().cast(pl.Float64),
-        new_device=(pl.col("device_id") != pl.col("device_id").shift(1).over("user_id")).cast(pl.Float64),
-    ).select("event_id", "ts", "type", "user_id", "amount", "user_events", "since_prev_s", "new_device")
+from .conftest import make_log, tabular
 
 
 @pytest.fixture(scope="module")
