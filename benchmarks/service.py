@@ -1,6 +1,6 @@
 """Decision-service benchmark: latency in-process and over HTTP (open and closed loop), sustained events/s.
 
-    nice -n 10 .venv/bin/python benchmarks/service.py [--model DIR] [--train-transformer] [--json out.json]
+    nice -n 10 .venv/bin/python benchmarks/service.py [--model DIR] [--train-transformer [--fusion]] [--json out.json]
 
 A simulated shop gives realistic traffic: its first days are stored as history (online features and the
 account graph are rebuilt from them), the rest is replayed as live events. Without ``--model`` a small
@@ -19,7 +19,9 @@ carry the server's stall meter: how many 10 ms timer wake-ups of its event loop 
 during the run (``shopguard_event_loop_lag_seconds`` from /metrics), which tells a stall inside the server
 from a slow client or a busy machine. With
 ``--sequence-model``/``--train-transformer`` the in-process and HTTP rows are repeated with the
-behaviour transformer in the path. Published figures and targets are printed beside ours; ratios are
+behaviour transformer in the path (its session surprise as ``sequence_score`` for the rules); with
+``--fusion`` too, with the fusion model (transformer + engineered features, ``train --detector fusion``)
+as the model itself, decided from the service's per-user history cache. Published figures and targets are printed beside ours; ratios are
 against the in-process rules-only baseline measured in the same run.
 """
 
@@ -44,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
+FUSION_NAME = "rules + fusion (transformer + features as the model)"
 console = Console(width=160)
 
 PUBLISHED = {
@@ -415,6 +418,23 @@ def train_transformer(db: Path, folder: Path) -> Path:
     return folder
 
 
+def train_fusion(db: Path, pretrained: Path, folder: Path) -> Path:
+    """The fusion model (the pretrained transformer fused with the engineered features, frozen probe) on the
+    history, exported to ONNX as ``shopguard train --detector fusion`` does: the service then decides with
+    the transformer *as* the model (its history cache + one fused graph per pass)."""
+    from shopguard.evaluation.splits import SplitConfig
+    from shopguard.models.sequence.export import export_onnx
+    from shopguard.pipeline import train
+    from shopguard.store import EventStore
+
+    console.print("training the fusion model (transformer + features, frozen probe) and exporting it …")
+    with EventStore(db) as store:
+        train(store, folder, detector="fusion", split=SplitConfig(delay_days=1, test_days=1),
+              params={"pretrained": str(pretrained), "method": "frozen", "fit_negatives": 3000})
+    export_onnx(folder, folder / "onnx")
+    return folder
+
+
 # -- report ----------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,6 +443,9 @@ def main() -> None:
     ap.add_argument("--train-transformer", action="store_true",
                     help="Pretrain a small behaviour transformer on the history (time-boxed) and export it, "
                          "to measure the service with the transformer in the path.")
+    ap.add_argument("--fusion", action="store_true",
+                    help="With --train-transformer: also train the fusion model (transformer + engineered "
+                         "features) and measure the service with it as the model.")
     ap.add_argument("--rules", type=Path, default=REPO / "examples" / "rules.yaml")
     ap.add_argument("--users", type=int, default=1500)
     ap.add_argument("--days", type=int, default=8)
@@ -446,8 +469,13 @@ def main() -> None:
         if len(live) < need:
             console.print(f"[yellow]only {len(live):,} live events; some runs are shorter[/]")
         rows: list[dict[str, Any]] = []
+        fusion: Path | None = None
         if args.train_transformer and args.sequence_model is None:
             args.sequence_model = train_transformer(db, work / "sequence")
+            if args.fusion:
+                fusion = train_fusion(fresh_copy(db, "fusion_train"), work / "sequence-pretrained", work / "fusion")
+        elif args.fusion:
+            console.print("[yellow]--fusion needs --train-transformer: skipped[/]")
 
         def add(mode: str, model_name: str, res: dict[str, Any], eps_key: str = "events_per_s") -> None:
             row = {"dataset": "simulated shop", "model": model_name, "mode": mode,
@@ -481,6 +509,12 @@ def main() -> None:
                     {**seq["latency"], "events": seq["events"], "events_per_s": seq["single_events_per_s"],
                      **seq["cpu"]})
                 add("in-process decide only", "rules + lightgbm + transformer", {**seq["decide"], "events": seq["events"]})
+            if fusion is not None:
+                console.print("in-process, rules + fusion model …")
+                fus = in_process(fresh_copy(db, "fusion"), fusion, args.rules, live, args.in_process, args.batch)
+                add("in-process single (decide+commit)", FUSION_NAME,
+                    {**fus["latency"], "events": fus["events"], "events_per_s": fus["single_events_per_s"], **fus["cpu"]})
+                add("in-process decide only", FUSION_NAME, {**fus["decide"], "events": fus["events"]})
         else:
             args.in_process = 0
 
@@ -488,13 +522,14 @@ def main() -> None:
         stream = Stream(live[args.in_process + 10 * args.batch:] or live)
         gen = LoadGenerator()
         try:
-            variants = [("rules + lightgbm", None)]
+            variants: list[tuple[str, Path | None, Path | None]] = [("rules + lightgbm", model, None)]
             if args.sequence_model is not None:
-                variants.append(("rules + lightgbm + transformer", args.sequence_model))
-            for name, seq_model in variants:
+                variants.append(("rules + lightgbm + transformer", model, args.sequence_model))
+            if fusion is not None:
+                variants.append((FUSION_NAME, fusion, None))
+            for i, (name, served, seq_model) in enumerate(variants):
                 console.print(f"over HTTP ({name}) …")
-                server = Server(fresh_copy(db, "http" if seq_model is None else "http_seq"), model, args.rules,
-                                sequence=seq_model)
+                server = Server(fresh_copy(db, f"http{i}"), served, args.rules, sequence=seq_model)
                 try:
                     gen.run(server, single_bodies(stream.take(200)), None, 4)  # warm-up (not reported)
                     for rate in rates:
@@ -507,7 +542,7 @@ def main() -> None:
                     res = gen.run(server, single_bodies(stream.take(args.http)), None, args.clients)
                     add(f"HTTP closed loop, {args.clients} connections, one event per request", name,
                         {**res, "events": args.http}, "achieved_per_s")
-                    if seq_model is None:
+                    if i == 0:
                         bulk = stream.take(args.batch_events)
                         console.print(f"  batches of {args.batch} …")
                         res = gen.run(server, batch_bodies(bulk, args.batch), None, 2)

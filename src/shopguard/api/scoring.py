@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from shopguard.api.fusion import is_fusion
 from shopguard.decision.cases import RISK_RANK, WebhookDispatcher, case_for, should_open
 from shopguard.decision.rules import SEVERITY, ReloadingRules, RuleResult
 from shopguard.errors import ModelError, ShopguardError, ValidationFailed
@@ -72,9 +73,16 @@ class LoadedModel:
         fs = getattr(bundle, "feature_set", None)
         self.feature_set = fs
         self.feature_set_version = str(getattr(fs, "version", None) or self.manifest.get("feature_set_version") or "")
+        # A fusion model (transformer + features) scores from each user's event history too: served by its
+        # ONNX graph over a per-user history cache that the engine warms (api.fusion); None otherwise.
+        self.fusion: Any = None
+        if is_fusion(bundle):
+            from shopguard.api.fusion import FusionServing
+
+            self.fusion = FusionServing(bundle, path)
         # Plain rows straight into LightGBM's C single-row predictor (no frame): same decisions as
         # ``bundle.decide``, a sixth of the CPU per event; None for other models (they take the frame path).
-        self.fast = _row_scorer(bundle) if fast else None
+        self.fast = _row_scorer(bundle) if fast and self.fusion is None else None
 
     @classmethod
     def load(cls, path: Path, *, feature_set_version: str | None = None, version: str | None = None,
@@ -192,6 +200,9 @@ class ModelSlot(_RegistryFollower):
         self.last_error: str | None = None
         self.swaps = 0
         self.on_change = on_change
+        # How a newly loaded version goes in: called with (model, swap) off the request path; the engine
+        # sets it (a fusion model's history cache is warmed before ``swap()`` is called). None: swap at once.
+        self.installer: Callable[[LoadedModel, Callable[[], None]], None] | None = None
         self._lock = threading.Lock()
         self._state_mtime: int | None = None
         self.registry = reg.ModelRegistry(source) if source is not None and reg.is_registry(source) else None
@@ -238,12 +249,15 @@ class ModelSlot(_RegistryFollower):
                 raise ModelError(f"model {cur} computes feature set {new.feature_set_version}, the service "
                                  f"runs {self.model.feature_set_version}: restart the service to switch",
                                  field="feature_set_version", value=new.feature_set_version)
+            if self.installer is not None:
+                self.installer(new, functools.partial(self._set, new))
+            else:
+                self._set(new)
         except ShopguardError as exc:
             self.last_error = exc.message
             log.error("model not swapped, %s keeps serving: %s", self.version, exc.message)
             return False
         self.last_error = None
-        self._set(new)
         log.info("model %s now serving", new.version)
         return True
 
@@ -749,6 +763,10 @@ class DecisionEngine:
         self.text_errors = 0
         self.text_min_score = text_min_score
         self.text_slot: TextModelSlot | None = None  # set by the app when the text model can be hot swapped
+        # Events learnt while a fusion model's history is being warmed for a hot swap (install_model).
+        self._taps: list[list[dict[str, Any]]] = []
+        if self.model.installer is None:
+            self.model.installer = self.install_model
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, rebuild_features: bool = True) -> None:
@@ -765,8 +783,13 @@ class DecisionEngine:
                 self.features_error = f"online features could not be rebuilt: {exc}"
                 log.error(self.features_error)
                 self.features = None
-        if self.sequence is not None and rebuild_features:
-            self.sequence.warm(self.store.events())
+        fusion = getattr(self.model.model, "fusion", None)
+        if (self.sequence is not None or fusion is not None) and rebuild_features:
+            events = self.store.events()
+            if self.sequence is not None:
+                self.sequence.warm(events)
+            if fusion is not None:
+                fusion.warm(events)
         if self.text is not None:
             try:
                 self.text.warm(self.store)
@@ -783,6 +806,44 @@ class DecisionEngine:
             self.graph = None
         self.webhooks.start()
         self.ready = True
+
+    def install_model(self, new: LoadedModel, swap: Callable[[], None]) -> None:
+        """Put a newly loaded model in service (``ModelSlot.installer``; the watcher thread calls it).
+
+        A fusion model reads each user's history, so its cache is filled before it decides anything:
+        from the store (after the journal is applied), then from the events decided meanwhile (a tap
+        records them in decision order); the last of those are learnt and the model swapped in under the
+        decision lock, so no event is missed or learnt twice. Requests keep being decided by the current
+        model throughout. Other models are swapped at once.
+        """
+        fusion = getattr(new, "fusion", None)
+        if fusion is None or not self.ready:  # before start(), start() warms it
+            with self._lock:
+                swap()
+            return
+        import polars as pl
+
+        tap: list[dict[str, Any]] = []
+        with self._lock:
+            self._taps.append(tap)
+        try:
+            self.flush()  # everything decided before the tap is in DuckDB now
+            events = self.store.events()
+            with self._lock:
+                done = len(tap)
+                seen = [r["event_id"] for r in tap[:done]]
+            if seen:  # decided after the tap opened and already applied: learnt from the tap, in order
+                events = events.filter(~pl.col("event_id").is_in(seen))
+            fusion.warm(events)
+            for rec in tap[:done]:
+                fusion.learn_one(rec)
+            with self._lock:
+                for rec in tap[done:]:
+                    fusion.learn_one(rec)
+                swap()
+        finally:
+            with self._lock:
+                self._taps = [t for t in self._taps if t is not tap]
 
     def stop(self) -> None:
         self.ready = False
@@ -830,7 +891,6 @@ class DecisionEngine:
         its slot, and the other groups are decided as usual.
         """
         rules = self.rules.current()
-        model = self.model.model
         slots: list[Any] = []
         new_events: list[dict[str, Any]] = []
         new_decisions: list[dict[str, Any]] = []
@@ -845,6 +905,7 @@ class DecisionEngine:
         mine: dict[str, dict[str, Any]] = {}
         relearn: set[str] = set()  # stored before but never decided: read, not learnt again
         with self._lock:
+            model = self.model.model  # under the lock: a fusion model is swapped in under it (install_model)
             for prepared in groups:
                 results: list[Any] = []
                 opened: list[str] = []
@@ -874,6 +935,9 @@ class DecisionEngine:
                         ctx, feats = self._context(p.record, learn=learn, sequence=False)
                         if not learn:
                             relearn.add(eid)
+                        else:
+                            for tap in self._taps:
+                                tap.append(p.record)
                         if self.text is not None and learn:
                             try:
                                 self.text.observe(p.record)
@@ -906,7 +970,7 @@ class DecisionEngine:
             # Phase 2: one transformer run and one model pass for every event; phase 3: rules and policy.
             t1 = time.perf_counter()
             self._sequence_pass(todo, relearn)
-            outs = self._score(model, todo)
+            outs = self._score(model, todo, relearn)
             share = (time.perf_counter() - t1) / max(len(todo), 1)
             for (rec, ctx, _feats, spent), out in zip(todo, outs, strict=True):
                 t2 = time.perf_counter()
@@ -960,7 +1024,8 @@ class DecisionEngine:
         """Decide one event (features, model, rules); ``submit`` runs the same steps batched."""
         text = self._text_scores([Prepared(rec, 0)]).get(rec["event_id"])
         ctx, feats = self._context(rec, learn=learn)
-        out = self._with_text(rec, self._score(model, [(rec, ctx, feats, 0.0)])[0], model, text)
+        relearn = set() if learn else {rec["event_id"]}
+        out = self._with_text(rec, self._score(model, [(rec, ctx, feats, 0.0)], relearn)[0], model, text)
         return self._finish(rec, ctx, out, rules, model)
 
     def _context(self, rec: dict[str, Any], *, learn: bool, sequence: bool = True
@@ -1012,12 +1077,16 @@ class DecisionEngine:
             ctx["sequence_score"] = score
 
     def _score(self, model: LoadedModel | None, todo: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any],
-                                                               float]]) -> list[ModelOutput | None]:
+                                                               float]], relearn: set[str] | frozenset[str] = frozenset()
+               ) -> list[ModelOutput | None]:
         if model is None or not todo:
             return [None] * len(todo)
         rows = [{**{k: rec.get(k) for k in ("event_id", "ts", "type", "user_id")}, **feats}
                 for rec, _ctx, feats, _ in todo]
         try:
+            if model.fusion is not None:  # one run of the fused graph; its history learns the new events
+                records = [rec for rec, *_ in todo]
+                return list(model.fusion.decide(records, rows, [r["event_id"] not in relearn for r in records]))
             return list(model.decide_many(rows))
         except Exception as exc:  # a failing model falls back to rules only, loudly
             log.exception("model %s failed on %d events", model.version, len(rows))
@@ -1176,25 +1245,12 @@ def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Seque
     """
     import numpy as np
 
-    history = getattr(scorer, "_history", None)
-    tokenizer = getattr(scorer, "tokenizer", None)
+    stack = getattr(scorer, "windows", None)
     net = getattr(scorer, "scorer", None)
-    if len(records) < 2 or history is None or tokenizer is None or net is None or net.kind == "embedding":
+    if len(records) < 2 or stack is None or net is None or net.kind == "embedding":
         return [scorer.score_one(r, learn=ln) for r, ln in zip(records, learn, strict=True)]
-    n, length = len(records), scorer.length
-    tokens = np.empty((n, length, scorer._tokens.shape[-1]), dtype=scorer._tokens.dtype)
-    dts = np.empty((n, length), dtype=scorer._dt.dtype)
-    for i, (rec, ln) in enumerate(zip(records, learn, strict=True)):
-        h = history(rec)
-        row, dt = tokenizer.encode_one(rec, h.state)
-        tokens[i, :-1] = h.tokens[1:]
-        tokens[i, -1] = row
-        dts[i, :-1] = h.dt[1:]
-        dts[i, -1] = dt
-        if ln:
-            h.tokens[:] = tokens[i]
-            h.dt[:] = dts[i]
-            tokenizer.state_update(rec, h.state)
+    n = len(records)
+    tokens, dts = stack(records, learn)
     windows = getattr(scorer, "score_windows", None)  # session exports aggregate the per-slot surprise
     out = windows(tokens, dts) if windows is not None else net.run(tokens, dts)
     return [float(x) for x in np.asarray(out).reshape(n, -1)[:, 0]]

@@ -504,6 +504,29 @@ class IncrementalScorer:
         """Scores (B,) of windows stacked by the caller (``api.scoring.sequence_scores``): one ONNX run."""
         return self.scorer.score_windows(tokens, dt, features)
 
+    def windows(self, records: Sequence[dict[str, Any]], learn: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (B, L, 13), dt (B, L)) of each record's window, in order, for one stacked model run.
+
+        Each window is its user's history as it stands after the records before it that are learnt
+        (``learn[i]``), exactly the window ``score_one`` would read one by one, so several events of one
+        user in a pass see each other.
+        """
+        n = len(records)
+        tokens = np.empty((n, self.length, self._tokens.shape[-1]), dtype=self._tokens.dtype)
+        dts = np.empty((n, self.length), dtype=self._dt.dtype)
+        for i, (rec, ln) in enumerate(zip(records, learn, strict=True)):
+            h = self._history(rec)
+            row, dt = self.tokenizer.encode_one(rec, h.state)
+            tokens[i, :-1] = h.tokens[1:]
+            tokens[i, -1] = row
+            dts[i, :-1] = h.dt[1:]
+            dts[i, -1] = dt
+            if ln:
+                h.tokens[:] = tokens[i]
+                h.dt[:] = dts[i]
+                self.tokenizer.state_update(rec, h.state)
+        return tokens, dts
+
     def learn_one(self, record: dict[str, Any]) -> None:
         """Add an event to its user's history without scoring it."""
         h = self._history(record)
