@@ -312,9 +312,9 @@ async def _drive(port: int, requests: list[bytes], rate: float | None, connectio
         queue.put_nowait(None)
     await asyncio.gather(*workers)
     wall = time.perf_counter() - t0
-    ok = [lat[i] for i in range(n) if status[i] == 200]
-    return {"events_sent": n, "errors": n - len(ok), "wall_s": wall, "latencies": ok,
-            "client_cpu_s": time.process_time()}
+    idx = [i for i in range(n) if status[i] == 200]
+    return {"events_sent": n, "errors": n - len(idx), "wall_s": wall, "latencies": [lat[i] for i in idx],
+            "answered": idx, "client_cpu_s": time.process_time()}
 
 
 def loadgen(port: int, requests: list[bytes], rate: float | None, connections: int, timeout: float = 30.0
@@ -328,8 +328,14 @@ def loadgen(port: int, requests: list[bytes], rate: float | None, connections: i
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    import gc
+
     cpu0 = time.process_time()
-    out = runner(_drive(port, requests, rate, connections, timeout))
+    gc.disable()  # a collection in the client would add its pause to the latencies it measures
+    try:
+        out = runner(_drive(port, requests, rate, connections, timeout))
+    finally:
+        gc.enable()
     out["client_cpu_s"] = time.process_time() - cpu0
     return out
 
@@ -358,6 +364,8 @@ class LoadGenerator:
             stalls = {"loop_wakeups": wakes, "loop_late_5ms": wakes - (lag1["le5"] - lag0["le5"]),
                       "loop_late_10ms": wakes - (lag1["le10"] - lag0["le10"])}
         lat = out.pop("latencies")
+        # Each answered request's position and latency (diagnostics: when in the run the slow ones were).
+        self.last = {"rate": rate, "answered": out.pop("answered"), "latencies": lat}
         n = len(bodies)
         return {"requests": n, "rate": rate, "connections": connections, "errors": out["errors"],
                 "achieved_per_s": len(lat) / out["wall_s"] if out["wall_s"] else 0.0,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("shopguard.service")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -35,6 +40,12 @@ class ServiceMetrics:
                                   buckets=LATENCY_BUCKETS, registry=r)
         self.loop_lag_max = Gauge("shopguard_event_loop_lag_max_seconds", "Largest event-loop lag since start.",
                                   registry=r)
+        # Garbage-collection pauses by generation (``gc.callbacks``): a collection stops every thread of
+        # the process, so a long one is a stall that no profile of the request path shows.
+        self.gc_pause = Histogram("shopguard_gc_pause_seconds", "Garbage-collection pauses.", ["generation"],
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self._gc_children = [self.gc_pause.labels(str(g)) for g in range(3)]
+        self._gc_start = 0.0
         self._lag_max = 0.0
         self._version: str | None = None
         self._request_children: dict[tuple[str, str, int], Any] = {}
@@ -61,6 +72,20 @@ class ServiceMetrics:
         if seconds > self._lag_max:
             self._lag_max = seconds
             self.loop_lag_max.set(seconds)
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        """For ``gc.callbacks``: times each collection."""
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif self._gc_start:
+            took = time.perf_counter() - self._gc_start
+            gen = min(int(info.get("generation", 0)), 2)
+            self._gc_children[gen].observe(took)
+            self._gc_start = 0.0
+            if took > 0.05:
+                log.warning("garbage collection of generation %d paused the process for %.0f ms (%d objects "
+                            "collected, thread %s)", gen, took * 1000, info.get("collected", 0),
+                            threading.current_thread().name)
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
