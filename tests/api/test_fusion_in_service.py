@@ -41,6 +41,7 @@ def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def fusion_shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from shopguard.evaluation.splits import SplitConfig
+    from shopguard.models.bundle import seal_files
     from shopguard.models.sequence.config import PretrainConfig, preset
     from shopguard.models.sequence.export import export_onnx
     from shopguard.models.sequence.pretrain import pretrain
@@ -60,6 +61,7 @@ def fusion_shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
               params={"pretrained": str(root / "seq"), "method": "frozen"})
         train(s, root / "lgbm", detector="lightgbm", split=split)
     export_onnx(root / "fusion", root / "fusion" / "onnx", quantize=False)
+    seal_files(root / "fusion", "onnx")  # as `shopguard train --detector fusion` does
     # The batch reference: the whole log, labels as known when the live stream starts.
     with EventStore(root / "reference.duckdb") as s:
         s.append_events(events)
@@ -217,21 +219,32 @@ def test_fusion_over_http(fusion_shop: dict[str, Any], reference: dict[str, Any]
     assert current["version"].startswith("sequence_fusion-") and current["last_error"] is None
 
 
-def test_a_damaged_fusion_export_is_refused(fusion_shop: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_damaged_fusion_export_is_refused(fusion_shop: dict[str, Any], tmp_path: Path, sealed: bool) -> None:
+    import json
     import shutil
 
     broken = tmp_path / "fusion"
     shutil.copytree(fusion_shop["fusion"], broken)
     (broken / "onnx" / "model.onnx").write_bytes(b"not a graph")
-    with pytest.raises(ModelError, match="cannot be served"):
+    if not sealed:  # a folder whose manifest predates its export: the load itself refuses it
+        manifest = json.loads((broken / "manifest.json").read_text())
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("onnx/")}
+        (broken / "manifest.json").write_text(json.dumps(manifest))
+    match = "corrupted: checksum of onnx/model.onnx" if sealed else "cannot be served"
+    with pytest.raises(ModelError, match=match):
         LoadedModel.load(broken)
 
 
 def test_a_fusion_model_without_an_export_is_exported_on_load(fusion_shop: dict[str, Any], tmp_path: Path) -> None:
+    import json
     import shutil
 
     bare = tmp_path / "fusion"
     shutil.copytree(fusion_shop["fusion"], bare, ignore=shutil.ignore_patterns("onnx"))
+    manifest = json.loads((bare / "manifest.json").read_text())  # as pipeline.train leaves it: no export
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("onnx/")}
+    (bare / "manifest.json").write_text(json.dumps(manifest))
     m = LoadedModel.load(bare)
     assert m.fusion is not None and m.fusion.history.scorer.kind == "fusion"
     assert not (bare / "onnx").exists()  # exported to a temporary folder: the model folder stays as verified

@@ -86,6 +86,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_train_fusion_writes_a_bundle_with_held_out_metrics(shop: dict[str, Path]) -> None:
     m = json.loads((shop["model"] / "manifest.json").read_text())
     assert m["detector"] == "sequence_fusion" and m["supervised"]
+    assert {"onnx/model.onnx", "onnx/export.json"} <= set(m["files"])  # the served graph is checksummed too
     assert m["info"]["label_cutoff"] == m["split"]["test_start"] and m["split"]["train_end"] < m["split"]["test_start"]
     test = m["metrics"]["test"]
     assert test["positives"] > 0 and test["roc_auc"] > 0.9 and test["average_precision"] > 0.5

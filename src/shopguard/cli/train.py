@@ -90,9 +90,11 @@ def train(
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
     if export and getattr(bundle.detector, "needs_events", False):
+        from shopguard.models.bundle import seal_files
         from shopguard.models.sequence.export import export_onnx
 
         res = export_onnx(bundle.detector, out_dir / "onnx")
+        seal_files(out_dir, "onnx")  # the served graph is checksummed like the rest of the model
         out.print(f"ONNX (tokens, dt, features -> probability): {res.fp32}" + (f", int8: {res.int8}" if res.int8 else ""))
 
 

@@ -226,6 +226,20 @@ class ModelBundle:
         )
 
 
+def seal_files(path: str | Path, subfolder: str) -> int:
+    """Add the files under ``path/subfolder`` (written after the bundle, e.g. its ONNX export) to the
+    manifest's checksums, so verification covers them too. Returns how many were added."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    files = sorted(p for p in (folder / subfolder).rglob("*") if p.is_file())
+    added = {str(p.relative_to(folder)): _sha256(p) for p in files}
+    manifest["files"] = {**manifest["files"], **added}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, folder / MANIFEST)
+    return len(added)
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of a model directory without loading the model (for listings and registries)."""
     mfile = Path(path) / MANIFEST
