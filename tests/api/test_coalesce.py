@@ -73,6 +73,47 @@ def test_coalescer_decides_requests_of_one_loop_turn_in_one_pass(engine: Decisio
     assert ids == [f"co-{i}" for i in range(10)]
 
 
+def test_threaded_passes_never_overlap_and_grow_while_one_runs(engine: DecisionEngine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided on the background thread: requests that arrive during a pass wait for it and go together
+    into the next one; one user's events are decided in the order they came."""
+    import threading
+    import time
+
+    co = RequestCoalescer(engine, max_events=64, in_thread=True)
+    real = engine.submit_groups
+    running, seen = threading.Lock(), []
+
+    def slow(groups: Any) -> Any:
+        assert running.acquire(blocking=False), "two passes overlapped"
+        try:
+            assert threading.current_thread().name.startswith("shopguard-decider")
+            seen.append(len(groups))
+            time.sleep(0.02)  # a transformer run: the loop keeps taking requests meanwhile
+            return real(groups)
+        finally:
+            running.release()
+
+    monkeypatch.setattr(engine, "submit_groups", slow)
+
+    async def run() -> list[Any]:
+        tasks = []
+        for i in range(30):
+            tasks.append(asyncio.ensure_future(co.submit(_prep(engine, f"th-{i}", user="same"))))
+            await asyncio.sleep(0.002)
+        return await asyncio.gather(*tasks)
+
+    outs = asyncio.run(run())
+    co.close()
+    assert co.requests == 30 and sum(seen) == 30 and co.threaded_passes == len(seen)
+    assert len(seen) < 30 and max(seen) > 1  # later passes took what queued during the earlier ones
+    decided = [r[0][0].result(10) for r in outs]
+    assert [d["event_id"] for d in decided] == [f"th-{i}" for i in range(30)]
+    engine.flush()
+    stored = engine.store.query("SELECT event_id FROM events WHERE event_id LIKE 'th-%'")
+    assert sorted(stored["event_id"].to_list()) == sorted(f"th-{i}" for i in range(30))  # each stored once
+
+
 def test_concurrent_http_requests_share_passes_and_each_is_stored_once(service: Service) -> None:
     co = service.app.state.coalescer
     passes, requests = co.passes, co.requests

@@ -289,7 +289,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.keys = KeyRing(store)
         app.state.keys.refresh()
-        app.state.coalescer = RequestCoalescer(engine, max_events=settings.coalesce_max_events)
+        def decide_in_thread() -> bool:
+            if settings.decide_in_thread is not None:
+                return settings.decide_in_thread
+            return engine.sequence is not None or getattr(engine.model.model, "fusion", None) is not None
+
+        app.state.coalescer = RequestCoalescer(engine, max_events=settings.coalesce_max_events,
+                                               in_thread=decide_in_thread)
         app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         stop = threading.Event()
 
@@ -341,6 +347,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 gc.unfreeze()
             stop.set()
             watcher.join(5)
+            app.state.coalescer.close()
             engine.stop()
             store.close()
 

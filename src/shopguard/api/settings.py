@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     watch_every_s: float = Field(1.0, gt=0, description="How often the rule file and model registry are checked.")
     coalesce_max_events: int = Field(256, ge=1, description="Most events of concurrent requests decided in one "
                                      "model pass (requests arriving together share a pass and a journal fsync).")
+    decide_in_thread: bool | None = Field(None, description="Decide coalesced passes on a background thread "
+                                          "while the event loop keeps serving (passes grow with load). None: only "
+                                          "when a behaviour transformer is in the path (its ONNX run frees the GIL).")
     writer_max_batch: int = Field(2_000, ge=1, description="Most events committed in one group commit.")
     journal: bool = Field(True, description="Acknowledge after an fsync-ed journal append (DB.journal), then "
                           "write DuckDB in larger transactions; off: one DuckDB commit per group.")
