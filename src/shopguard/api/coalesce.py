@@ -83,7 +83,7 @@ class RequestCoalescer:
         """On the loop's thread when a threaded pass ends: answer it, then decide what queued meanwhile."""
         self._busy = False
         self.threaded_passes += 1
-        exc = done.exception()
+        exc = asyncio.CancelledError() if done.cancelled() else done.exception()  # cancelled: shutting down
         self._answer(waiting, [exc] * len(waiting) if exc is not None else done.result())
         if self._waiting and not self._scheduled:
             self._scheduled = True
