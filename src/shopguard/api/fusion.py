@@ -150,7 +150,7 @@ class FusionServing:
         The numbers of ``FusionClassifierDetector.explain`` (weight x standardised value, vs the training
         mean), computed on the feature rows directly: no frame on the request path.
         """
-        from shopguard.decision.reasons import describe, reason_code
+        from shopguard.decision.reasons import reasons_from_weights
         from shopguard.models.sequence.fusion import _CLIP, _signed_log
 
         if self._lin is False:
@@ -163,19 +163,9 @@ class FusionServing:
             z = (_signed_log(x) - mean) / scale
         z = np.clip(np.where(np.isfinite(z), z, 0.0), -_CLIP, _CLIP).astype(np.float32).astype(np.float64)
         contrib = w[None, :] * (z - mu[None, :]) / sigma[None, :]
-        out = []
-        for r, row in enumerate(rows):
-            found = []
-            for j in np.argsort(-contrib[r], kind="stable")[:top]:
-                weight = float(contrib[r, j])
-                if not weight > 1e-6:
-                    break
-                name = self.columns[j]
-                value = _number(row.get(name))
-                found.append({"code": reason_code(name), "text": describe(name, value, self.bundle.feature_set),
-                              "source": "model"})
-            out.append(found)
-        return out
+        found = reasons_from_weights(contrib, self.columns, lambda r, name: _number(rows[r].get(name)),
+                                     self.bundle.feature_set, top=top)
+        return [[{"code": r.code, "text": r.text, "source": "model"} for r in rs] for rs in found]
 
 
 def _number(v: Any) -> Any:

@@ -9,6 +9,7 @@ feature's value into text a risk analyst reads, e.g. ``card_failed_payments_10m 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,25 +59,48 @@ def reasons_from_contributions(
     """
     if contributions.height != features.height:
         raise ValueError(f"{contributions.height} contribution rows for {features.height} feature rows")
-    names = contributions.columns
-    if not names or contributions.height == 0:
-        return [[] for _ in range(contributions.height)]
-    weights = np.nan_to_num(contributions.to_numpy().astype(np.float64), nan=0.0)
+    columns: dict[str, list[Any]] = {}
+
+    def value(r: int, name: str) -> Any:
+        if name not in features.columns:
+            return None
+        if name not in columns:
+            columns[name] = features.get_column(name).to_list()
+        return columns[name][r]
+
+    return reasons_from_weights(contributions.to_numpy() if contributions.width else
+                                np.zeros((contributions.height, 0)), contributions.columns, value, feature_set,
+                                top=top, min_weight=min_weight)
+
+
+def reasons_from_weights(
+    weights: np.ndarray,
+    names: Sequence[str],
+    value: Callable[[int, str], Any],
+    feature_set: Any | None = None,
+    *,
+    top: int = 3,
+    min_weight: float = 1e-6,
+) -> list[list[Reason]]:
+    """``reasons_from_contributions`` on a (rows x features) array of contributions in ``names`` order;
+    ``value(row, name)`` gives the value a text quotes (the real-time paths read it from plain dicts)."""
+    n = weights.shape[0]
+    if not names or n == 0:
+        return [[] for _ in range(n)]
+    w_all = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0)
     k = min(top, len(names))
-    idx = np.argsort(-weights, axis=1, kind="stable")[:, :k]
-    used = {names[i] for i in np.unique(idx)}
-    columns = {n: features.get_column(n).to_list() for n in used if n in features.columns}
+    idx = np.argsort(-w_all, axis=1, kind="stable")[:, :k]
     out: list[list[Reason]] = []
-    for r in range(weights.shape[0]):
+    for r in range(n):
         row: list[Reason] = []
         for j in idx[r]:
-            w = float(weights[r, j])
+            w = float(w_all[r, j])
             if not w > min_weight:
                 break
             name = names[j]
-            value = columns[name][r] if name in columns else None
-            if isinstance(value, float) and math.isnan(value):
-                value = None
-            row.append(Reason(code=reason_code(name), text=describe(name, value, feature_set), weight=round(w, 6)))
+            v = value(r, name)
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            row.append(Reason(code=reason_code(name), text=describe(name, v, feature_set), weight=round(w, 6)))
         out.append(row)
     return out

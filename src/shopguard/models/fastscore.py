@@ -26,7 +26,6 @@ returns None or ``decide`` returns None, and the caller uses ``ModelBundle.decid
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from shopguard.decision.policy import Action, Policy, RiskLevel
-from shopguard.decision.reasons import Reason, describe, reason_code
+from shopguard.decision.reasons import Reason, reasons_from_weights
 
 # LightGBM C API constants (c_api.h).
 _PREDICT_NORMAL = 0
@@ -238,27 +237,8 @@ class RowScorer:
     def reasons(self, contrib: np.ndarray, rows: Sequence[Mapping[str, Any]], *, top: int = 3,
                 min_weight: float = 1e-6) -> list[list[Reason]]:
         """``decision.reasons.reasons_from_contributions`` on plain rows (the values quoted from the dicts)."""
-        names = self.names
-        if not names or contrib.shape[0] == 0:
-            return [[] for _ in range(contrib.shape[0])]
-        weights = np.nan_to_num(contrib.astype(np.float64), nan=0.0)
-        k = min(top, len(names))
-        idx = np.argsort(-weights, axis=1, kind="stable")[:, :k]
-        out: list[list[Reason]] = []
-        for r in range(weights.shape[0]):
-            found: list[Reason] = []
-            for j in idx[r]:
-                w = float(weights[r, j])
-                if not w > min_weight:
-                    break
-                name = names[j]
-                value = rows[r].get(name)
-                if isinstance(value, float) and math.isnan(value):
-                    value = None
-                found.append(Reason(code=reason_code(name), text=describe(name, value, self.feature_set),
-                                    weight=round(w, 6)))
-            out.append(found)
-        return out
+        return reasons_from_weights(contrib, self.names, lambda r, name: rows[r].get(name), self.feature_set,
+                                    top=top, min_weight=min_weight)
 
     def _levels(self, probs: np.ndarray) -> list[RiskLevel]:
         """``Policy.levels`` on Python floats (the same comparisons, without numpy's per-call overhead)."""
