@@ -463,8 +463,6 @@ class IncrementalScorer:
         self.length = self.scorer.max_len + 1
         self.max_users = max_users
         self.users: dict[str, _UserHistory] = {}
-        self._tokens = np.empty((1, self.length, len(FIELDS)), dtype=np.int64)
-        self._dt = np.empty((1, self.length), dtype=np.float32)
 
     def _history(self, record: dict[str, Any]) -> _UserHistory:
         key = record.get("user_id") or f"evt:{record.get('event_id')}"
@@ -481,23 +479,14 @@ class IncrementalScorer:
         A ``fusion`` export also needs the event's ``features``: its engineered feature values in the
         export's ``features`` order (a sequence or array, NaN where missing), or a dict by name.
         """
-        h = self._history(record)
-        row, dt = self.tokenizer.encode_one(record, h.state)
-        self._tokens[0, :-1] = h.tokens[1:]
-        self._tokens[0, -1] = row
-        self._dt[0, :-1] = h.dt[1:]
-        self._dt[0, -1] = dt
+        tokens, dts = self.windows([record], [learn])
         if isinstance(features, dict) and self.scorer.feature_names is not None:
             features = [features.get(c) for c in self.scorer.feature_names]
         x = None
         if features is not None:
             vals = features if isinstance(features, np.ndarray) else [np.nan if v is None else v for v in features]
             x = np.asarray(vals, dtype=np.float32).reshape(1, -1)
-        out = self.scorer.score_windows(self._tokens, self._dt, x)
-        if learn:
-            h.tokens[:] = self._tokens[0]
-            h.dt[:] = self._dt[0]
-            self.tokenizer.state_update(record, h.state)
+        out = self.scorer.score_windows(tokens, dts, x)
         return float(np.asarray(out).reshape(-1)[0]) if self.scorer.kind != "embedding" else out
 
     def score_windows(self, tokens: np.ndarray, dt: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
@@ -512,8 +501,8 @@ class IncrementalScorer:
         user in a pass see each other.
         """
         n = len(records)
-        tokens = np.empty((n, self.length, self._tokens.shape[-1]), dtype=self._tokens.dtype)
-        dts = np.empty((n, self.length), dtype=self._dt.dtype)
+        tokens = np.empty((n, self.length, len(FIELDS)), dtype=np.int64)
+        dts = np.empty((n, self.length), dtype=np.float32)
         for i, (rec, ln) in enumerate(zip(records, learn, strict=True)):
             h = self._history(rec)
             row, dt = self.tokenizer.encode_one(rec, h.state)
