@@ -26,6 +26,7 @@ from shopguard.evaluation.splits import (
     remove_known_entities,
 )
 from shopguard.models import DETECTORS, Detector
+from shopguard.models.base import needs_events
 from shopguard.models.bundle import ModelBundle
 from shopguard.models.calibration import Calibrator
 from shopguard.store import EventStore
@@ -64,11 +65,6 @@ def _features(store: EventStore, since: datetime | None, until: datetime | None,
     from shopguard.features import compute_features
 
     return compute_features(store, since=since, until=until, types=types, definitions=definitions, on_step=step)
-
-
-def needs_events(detector: Any) -> bool:
-    """True for detectors that read the users' event histories at scoring time (``sequence_fusion``)."""
-    return bool(getattr(detector, "needs_events", False))
 
 
 def history_for(store: EventStore, rows: pl.DataFrame) -> pl.DataFrame:

@@ -39,7 +39,7 @@ from shopguard.store import EventStore
 
 log = logging.getLogger("shopguard.service")
 
-GC_THRESHOLDS = (20_000, 20, 100)
+GC_THRESHOLDS = (20_000, 20, 100)  # young generation, then collections before the older ones (serving)
 
 
 def gc_sweep() -> None:
@@ -55,7 +55,7 @@ def gc_sweep() -> None:
     collected first, so only cycles still alive at a sweep are exposed to that.
     """
     gc.collect(1)
-    gc.freeze()  # young generation, then collections before the older ones (serving)
+    gc.freeze()
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

@@ -29,11 +29,6 @@ log = logging.getLogger("shopguard.service")
 ONNX_DIR = "onnx"  # where ``shopguard train --detector fusion`` writes the export, inside the model folder
 
 
-def is_fusion(bundle: Any) -> bool:
-    """Whether the bundle's detector scores from events as well as features (the fusion model)."""
-    return bool(getattr(getattr(bundle, "detector", None), "needs_events", False))
-
-
 class FusionServing:
     """One fusion bundle's online scorer: history cache + ONNX graph + the bundle's calibration and policy.
 
@@ -73,15 +68,12 @@ class FusionServing:
         if self.columns != want:
             raise ModelError(f"the ONNX export at {folder} reads features {self.columns[:3]}…, the model "
                              f"{want[:3]}…: the export is from another model", field="model", value=str(folder))
-        self.events_warmed = 0
-        self._lin: Any = False  # the linear head's explanation terms, computed on first use
+        self._lin = self._explainer()  # the linear head's explanation terms (None for an MLP head)
 
     # -- history ----------------------------------------------------------------------------------------
     def warm(self, events: Any) -> int:
         """Learn past events (a store frame or records, any order for a frame: sorted by time here)."""
-        n = self.history.warm(events)
-        self.events_warmed += n
-        return n
+        return self.history.warm(events)
 
     def learn_one(self, record: dict[str, Any]) -> None:
         self.history.learn_one(record)
@@ -115,8 +107,8 @@ class FusionServing:
         if not records:
             return []
         tokens, dts = self.history.windows(records, learn)
-        scores = np.asarray(self.history.score_windows(tokens, dts, self.feature_matrix(rows)),
-                            dtype=np.float64).reshape(-1)
+        x = self.feature_matrix(rows)
+        scores = np.asarray(self.history.score_windows(tokens, dts, x), dtype=np.float64).reshape(-1)
         bundle = self.bundle
         probs = bundle.calibrator.transform(scores)
         levels = bundle.policy.levels(probs)
@@ -125,7 +117,7 @@ class FusionServing:
         flagged = [i for i, a in enumerate(actions) if a != Action.ALLOW]
         if top_reasons > 0 and flagged:
             try:
-                reasons_for = self._reasons([rows[i] for i in flagged], top_reasons)
+                reasons_for = self._reasons(x[flagged], [rows[i] for i in flagged], top_reasons)
                 for i, r in zip(flagged, reasons_for, strict=True):
                     reasons[i] = r
             except Exception:  # reasons explain a decision; they never block it
@@ -144,23 +136,21 @@ class FusionServing:
         ff = self.detector.features_
         return w[pos], mu[pos], sigma[pos], ff.mean_[pos], ff.scale_[pos]
 
-    def _reasons(self, rows: Sequence[dict[str, Any]], top: int) -> list[list[dict[str, Any]]]:
+    def _reasons(self, x: np.ndarray, rows: Sequence[dict[str, Any]], top: int) -> list[list[dict[str, Any]]]:
         """The linear head's exact per-feature contributions as reason codes (flagged rows only).
 
         The numbers of ``FusionClassifierDetector.explain`` (weight x standardised value, vs the training
-        mean), computed on the feature rows directly: no frame on the request path.
+        mean), computed from the pass's feature matrix ``x``: no frame on the request path. ``rows`` give
+        the values the texts quote.
         """
         from shopguard.decision.reasons import reasons_from_weights
         from shopguard.models.sequence.fusion import _CLIP, _signed_log
 
-        if self._lin is False:
-            self._lin = self._explainer()
         if self._lin is None:
             return [[] for _ in rows]
         w, mu, sigma, mean, scale = self._lin
-        x = self.feature_matrix(rows).astype(np.float64)
         with np.errstate(all="ignore"):
-            z = (_signed_log(x) - mean) / scale
+            z = (_signed_log(x.astype(np.float64)) - mean) / scale
         z = np.clip(np.where(np.isfinite(z), z, 0.0), -_CLIP, _CLIP).astype(np.float32).astype(np.float64)
         contrib = w[None, :] * (z - mu[None, :]) / sigma[None, :]
         found = reasons_from_weights(contrib, self.columns, lambda r, name: _number(rows[r].get(name)),
@@ -169,10 +159,9 @@ class FusionServing:
 
 
 def _number(v: Any) -> Any:
-    """The value a reason text quotes (as the batch path's frame holds it; NaN and text as missing)."""
-    if v is None or isinstance(v, str) or (isinstance(v, float) and v != v):
-        return None
-    return v
+    """The value a reason text quotes: text where a number belongs is missing, as in the batch path's
+    Float64 frame (``reasons_from_weights`` treats NaN as missing itself)."""
+    return None if isinstance(v, str) else v
 
 
-__all__ = ["FusionServing", "is_fusion"]
+__all__ = ["FusionServing"]

@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 
-from shopguard.api.fusion import is_fusion
 from shopguard.decision.cases import RISK_RANK, WebhookDispatcher, case_for, should_open
 from shopguard.decision.rules import SEVERITY, ReloadingRules, RuleResult
 from shopguard.errors import ModelError, ShopguardError, ValidationFailed
@@ -76,7 +75,9 @@ class LoadedModel:
         # A fusion model (transformer + features) scores from each user's event history too: served by its
         # ONNX graph over a per-user history cache that the engine warms (api.fusion); None otherwise.
         self.fusion: Any = None
-        if is_fusion(bundle):
+        from shopguard.models.base import needs_events
+
+        if needs_events(getattr(bundle, "detector", None)):
             from shopguard.api.fusion import FusionServing
 
             self.fusion = FusionServing(bundle, path)

@@ -65,6 +65,7 @@ def train(
                                          "ONNX graph (token window + features -> probability) to OUT/onnx.")] = True,
 ) -> None:
     """Train a detector (time-ordered split with a label-delay gap) and write MODEL_DIR."""
+    from shopguard.models.base import needs_events
     from shopguard.pipeline import SEQUENCE_DETECTORS
     from shopguard.pipeline import train as run_train
 
@@ -89,7 +90,7 @@ def train(
                            on_step=lambda m: prog.update(task, description=m))
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
-    if export and getattr(bundle.detector, "needs_events", False):
+    if export and needs_events(bundle.detector):
         from shopguard.models.bundle import seal_files
         from shopguard.models.sequence.export import export_onnx
 

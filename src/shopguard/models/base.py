@@ -105,6 +105,11 @@ class Detector(ABC):
             setattr(self, k, v)
 
 
+def needs_events(detector: Any) -> bool:
+    """True for detectors that read the users' event histories at scoring time (``sequence_fusion``)."""
+    return bool(getattr(detector, "needs_events", False))
+
+
 def load_detector(path: str | Path) -> Detector:
     """Load a detector saved with ``Detector.save``; refuses a folder that is missing or corrupted."""
     folder = Path(path)

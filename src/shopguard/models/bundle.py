@@ -168,9 +168,7 @@ class ModelBundle:
             "info": _jsonable(self.info),
             "files": checksums,
         }
-        tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, folder / MANIFEST)
+        _write_manifest(folder, manifest)
         self.path = folder
         return folder
 
@@ -234,10 +232,15 @@ def seal_files(path: str | Path, subfolder: str) -> int:
     files = sorted(p for p in (folder / subfolder).rglob("*") if p.is_file())
     added = {str(p.relative_to(folder)): _sha256(p) for p in files}
     manifest["files"] = {**manifest["files"], **added}
+    _write_manifest(folder, manifest)
+    return len(added)
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically: a reader sees the old one or the new one, never half of either."""
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     os.replace(tmp, folder / MANIFEST)
-    return len(added)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
