@@ -49,7 +49,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "op_spam" / "op_spam_v1.4.csv"
 MODEL_NAMES = {
     "ngram": "TF-IDF word+char n-grams + linear",
     "use": "USE multilingual (frozen) + head",
+    "ngram_nb": "NB-LR: NB log-count-ratio word n-grams + linear",
     "minilm": "MiniLM (frozen) + head",
+    "minilm_layers": "MiniLM (frozen), every layer's mean + max pooled tokens + standardised head",
     "minilm_ft": "MiniLM fine-tuned (full)",
     "minilm_lora": "MiniLM fine-tuned (LoRA)",
     "ensemble": "calibrated stacking ensemble",
@@ -163,6 +165,7 @@ NESTED = {  # name: (features, classifier, C grid)
     "tfidf3_svm": ("w3+c25", "svm", (0.3, 1.0, 3.0)),
     "nb_lr": ("w2b", "nblr", (0.03, 0.1, 0.3, 1.0)),
     "use": ("use", "lr", (0.3, 1.0, 3.0, 10.0, 30.0)),
+    "minilm_layers": ("minilm_layers", "lrstd", (0.001, 0.01, 0.1)),
 }
 NESTED_NAMES = {
     "tfidf_lr": "TF-IDF word 1-2 + char 2-5 grams + LR (C=10, shipped `ngram`)",
@@ -172,6 +175,7 @@ NESTED_NAMES = {
     "tfidf3_svm": "TF-IDF word 1-3 + char 2-5 grams + linear SVM (C by inner CV)",
     "nb_lr": "NB-LR: NB log-count-ratio binary word 1-2 grams + LR",
     "use": "USE multilingual (frozen) + LR",
+    "minilm_layers": "MiniLM frozen, every layer's mean + max pooled tokens, 512 tokens, standardised + LR",
     "minilm_ft": "MiniLM fine-tuned (full)",
 }
 
@@ -220,13 +224,13 @@ class _Nested:
     def matrix(self, spec: str, k: int):  # type: ignore[no-untyped-def]
         import scipy.sparse as sp
 
-        if spec == "use":
+        if spec in ("use", "minilm_layers"):  # frozen encoders: one embedding per text, no fitting
             from shopguard.models.text.encoders import shared_encoder
 
-            fn = self.cache / "emb_use.npy" if self.cache else None
+            fn = self.cache / f"emb_{spec}.npy" if self.cache else None
             if fn and fn.exists():
                 return np.load(fn)
-            emb = shared_encoder("use").encode(self.texts)
+            emb = shared_encoder(spec).encode(self.texts)
             if fn:
                 np.save(fn, emb)
             return emb
@@ -256,6 +260,11 @@ class _Nested:
             model = LinearSVC(C=C, max_iter=20000)
         elif clf == "nblr":
             model = LogisticRegression(C=C, solver="liblinear", max_iter=5000)
+        elif clf == "lrstd":  # columns on different scales (layer means and maxima): standardise first
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
         else:
             model = LogisticRegression(C=C, max_iter=5000)
         return model.fit(Xtr, self.y[train]).decision_function(Xte)
@@ -534,11 +543,11 @@ def print_table(rows: list[dict]) -> None:
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="op_spam_v1.4.csv")
     ap.add_argument("--json", help="write {'rows': [...]} here")
-    ap.add_argument("--models", default="ngram,use,minilm",
+    ap.add_argument("--models", default="ngram,use,minilm_layers",
                     help=f"components run on every fold, comma separated ({', '.join(COMPONENTS)}); the "
                          "ensemble stacks them")
     ap.add_argument("--folds", default="all", help="'all' or e.g. '1,2'")
@@ -561,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="nested: every component and the stacker chosen inside the training folds on "
                          "precomputed features (fast); detector: the shipped ReviewRiskDetector end to end")
     ap.add_argument("--nested-models", default=",".join(NESTED), help=f"nested components ({', '.join(NESTED)})")
-    ap.add_argument("--stack", default="tfidf_svm_pol,nb_lr,use;tfidf_svm_pol,nb_lr;tfidf_svm,use",
+    ap.add_argument("--stack", default="tfidf_svm_pol,nb_lr,use;tfidf_svm_pol,nb_lr;tfidf_svm,use;"
+                                       "tfidf_svm_pol,nb_lr,use,minilm_layers;tfidf_lr,minilm_layers;"
+                                       "tfidf_svm_pol,nb_lr,minilm_layers",
                     help="nested components each stacker combines: comma separated, stacks separated by ';' "
                          "(the first one also joins the fine-tuned MiniLM)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for fine-tuning")
@@ -569,7 +580,11 @@ def main(argv: list[str] | None = None) -> int:
                                         "(--merge output); joins the components and two extra stacks")
     ap.add_argument("--cached-finetune-only", action="store_true",
                     help="nested: use only the fine-tuned folds already in --cache (do not train more)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     rows: list[dict] = []
     if not args.skip_op_spam and args.protocol == "nested":
         if not Path(args.data).exists():

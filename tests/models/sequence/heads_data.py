@@ -5,6 +5,8 @@ Shared by the next-interest and churn tests (cached per process: pretraining onc
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -39,6 +41,7 @@ def pretrained_dir() -> Path:
     torch.set_num_threads(1)
     events, _ = churned_shop()
     out = Path(tempfile.mkdtemp(prefix="seqheads-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # one per test process; do not leave it in /tmp
     pretrain(events.filter(pl.col("ts") < START + timedelta(days=PRETRAIN_DAYS)), network=preset("tiny", **TINY),
              config=PretrainConfig(epochs=3, batch_size=32, lr=3e-3, seed=3), out_dir=out)
     return out

@@ -62,6 +62,18 @@ def test_frozen_minilm_component_scores_english_only() -> None:
     assert not np.isnan(comps["minilm"][0]) and np.isnan(comps["minilm"][1])
 
 
+def test_layer_pooled_minilm_component_is_standardised_and_english_only() -> None:
+    texts, y = make_reviews(80, seed=1)
+    det = ReviewRiskDetector(components=("ngram", "minilm_layers"), stack_folds=3).fit(texts, y)
+    assert det.models_["minilm_layers"].model_.steps[0][0] == "standardscaler"
+    comps = det.score_components(["Best lamp ever!!! Highly recommend!!!", "台灯很好"])
+    assert not np.isnan(comps["minilm_layers"][0]) and np.isnan(comps["minilm_layers"][1])
+    held, held_y = make_reviews(40, seed=9)
+    en = np.array([i // 2 % 2 == 0 for i in range(40)])
+    layer_scores = det.score_components([t for t, e in zip(held, en, strict=True) if e])["minilm_layers"]
+    assert roc_auc_score(held_y[en], layer_scores) > 0.9
+
+
 @pytest.mark.parametrize(
     ("params", "labels", "match"),
     [

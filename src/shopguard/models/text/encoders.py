@@ -7,8 +7,14 @@
   Mean pooling over the last hidden layer plus L2 normalisation, which is how sentence-transformers
   defines this model's sentence embedding; ``shopguard.models.text.finetune`` fine-tunes the same
   network.
+- ``MiniLMLayersEncoder``: the same frozen network read differently, for style rather than meaning:
+  the mean and the max of the token vectors of each of its six layers, concatenated (4,608 values).
+  The sentence embedding is trained to put same-meaning texts together, so it discards how a text is
+  written; the lower layers keep it (function words, pronouns, phrasing), which is what separates
+  deceptive reviews from real ones (op_spam: 0.87 accuracy under inner CV against 0.78 for the
+  sentence embedding, both with a logistic head).
 
-Both keep a bounded cache of embeddings keyed by the text, because detectors encode the same texts
+All keep a bounded cache of embeddings keyed by the text, because detectors encode the same texts
 again and again (stacking folds, benchmarks, context signals); ``shared_encoder(name)`` hands out one
 instance per process so the weights are loaded once.
 """
@@ -26,7 +32,7 @@ import numpy as np
 
 from shopguard.errors import ModelError, ValidationFailed
 
-ENCODERS = ("use", "minilm")
+ENCODERS = ("use", "minilm", "minilm_layers")
 
 
 def force_offline() -> None:
@@ -111,7 +117,7 @@ class _CachedEncoder:
         raise NotImplementedError
 
     def encode(self, texts: Sequence[str | None]) -> np.ndarray:
-        """L2-normalised float32 embeddings, one row per text (empty text gives a zero row)."""
+        """float32 embeddings, one row per text (empty text gives a zero row); USE and MiniLM rows are L2-normalised."""
         items = check_texts(texts)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         keys = [_EmbeddingCache.key(t) for t in items]
@@ -192,6 +198,41 @@ class MiniLMEncoder(_CachedEncoder):
         return np.concatenate(chunks).astype(np.float32)
 
 
+class MiniLMLayersEncoder(MiniLMEncoder):
+    """Frozen all-MiniLM-L6-v2 read layer by layer: mean and max of each layer's token vectors.
+
+    Rows are ``[layer 1 mean, layer 1 max, ..., layer 6 mean, layer 6 max]`` (6 x 2 x 384), not
+    normalised: a head standardises them. Reads up to 512 tokens, the model's whole window, because
+    the style cues are spread over the review.
+    """
+
+    name = "minilm_layers"
+
+    def __init__(self, max_length: int = 512, batch_size: int = 16, threads: int | None = None,
+                 cache_size: int = 20_000) -> None:
+        super().__init__(max_length, batch_size, threads, cache_size)
+        cfg = self.model.config
+        self.dim = 2 * cfg.num_hidden_layers * cfg.hidden_size
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True,
+                                       max_length=self.max_length, padding=True, return_tensors="pt")
+                layers = self.model(**batch, output_hidden_states=True).hidden_states[1:]  # [0]: embeddings
+                mask = batch["attention_mask"].unsqueeze(-1).bool()
+                parts = []
+                for hidden in layers:
+                    m = mask.to(hidden.dtype)
+                    parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9))
+                    parts.append(hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(1))
+                chunks.append(torch.cat(parts, dim=1).numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
 def mean_pool(hidden: Any, mask: Any) -> Any:
     """Mean of token vectors under the attention mask, L2-normalised (torch tensors in and out)."""
     import torch
@@ -210,5 +251,5 @@ def shared_encoder(name: str) -> USEEncoder | MiniLMEncoder:
         raise ValidationFailed(f"encoder: unknown {name!r} (choose from {', '.join(ENCODERS)})",
                                field="encoder", value=name)
     if name not in _SHARED:
-        _SHARED[name] = USEEncoder() if name == "use" else MiniLMEncoder()
+        _SHARED[name] = {"use": USEEncoder, "minilm": MiniLMEncoder, "minilm_layers": MiniLMLayersEncoder}[name]()
     return _SHARED[name]  # type: ignore[return-value]

@@ -8,6 +8,8 @@ Components, each a text classifier with probabilities:
   and a logistic regression (Wang & Manning 2012); a second n-gram view for the stacker.
 - ``use``: frozen multilingual Universal Sentence Encoder v3 embeddings + logistic head (en + zh).
 - ``minilm``: frozen all-MiniLM-L6-v2 embeddings + logistic head (English).
+- ``minilm_layers``: the same frozen network, every layer's mean and max pooled token vectors,
+  standardised, + logistic head (English): writing style rather than meaning, and no fine-tuning.
 - ``minilm_ft``: MiniLM fine-tuned end to end (English).
 - ``minilm_lora``: MiniLM fine-tuned with LoRA adapters (English).
 
@@ -33,6 +35,8 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from shopguard.errors import DataError, ValidationFailed
 from shopguard.models.base import Detector
@@ -41,10 +45,10 @@ from shopguard.models.text.finetune import MiniLMClassifier
 from shopguard.models.text.inputs import as_labels, as_texts
 from shopguard.models.text.ngrams import ngram_classifier
 
-COMPONENTS = ("ngram", "ngram_nb", "use", "minilm", "minilm_ft", "minilm_lora")
-ENGLISH_ONLY = frozenset({"minilm", "minilm_ft", "minilm_lora"})
+COMPONENTS = ("ngram", "ngram_nb", "use", "minilm", "minilm_layers", "minilm_ft", "minilm_lora")
+ENGLISH_ONLY = frozenset({"minilm", "minilm_layers", "minilm_ft", "minilm_lora"})
 FINETUNED = frozenset({"minilm_ft", "minilm_lora"})
-DEFAULT_COMPONENTS = ("ngram", "use", "minilm")
+DEFAULT_COMPONENTS = ("ngram", "use", "minilm_layers")
 _EPS = 1e-4
 
 
@@ -54,16 +58,23 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 class _EmbeddingHead:
-    """Frozen encoder embeddings + a logistic regression (picklable; the encoder is shared, not stored)."""
+    """Frozen encoder embeddings + a logistic regression (picklable; the encoder is shared, not stored).
 
-    def __init__(self, encoder: str, C: float, seed: int) -> None:
+    ``standardize`` scales each embedding column first: needed for the layer-pooled MiniLM features,
+    whose columns (means and maxima of different layers) live on very different scales.
+    """
+
+    def __init__(self, encoder: str, C: float, seed: int, standardize: bool = False) -> None:
         self.encoder = encoder
         self.C = C
         self.seed = seed
+        self.standardize = standardize
 
     def fit(self, texts: list[str], y: np.ndarray) -> _EmbeddingHead:
         emb = shared_encoder(self.encoder).encode(texts)
-        self.model_ = LogisticRegression(C=self.C, max_iter=3000, random_state=self.seed).fit(emb, y)
+        linear = LogisticRegression(C=self.C, max_iter=3000, random_state=self.seed)
+        self.model_ = make_pipeline(StandardScaler(), linear) if self.standardize else linear
+        self.model_.fit(emb, y)
         return self
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
@@ -82,7 +93,7 @@ class ReviewRiskDetector(Detector):
 
     def __init__(self, components: Sequence[str] = DEFAULT_COMPONENTS, stack_folds: int = 5,
                  finetune_holdout: float = 0.2, ngram_C: float = 10.0, ngram_nb_C: float = 0.1,
-                 embedding_C: float = 10.0,
+                 embedding_C: float = 10.0, layers_C: float = 0.01,
                  finetune_epochs: int = 2, finetune_max_length: int = 256, finetune_batch_size: int = 16,
                  finetune_max_steps: int | None = None, min_english: int = 20, seed: int = 0) -> None:
         self.components = components
@@ -91,6 +102,7 @@ class ReviewRiskDetector(Detector):
         self.ngram_C = ngram_C
         self.ngram_nb_C = ngram_nb_C
         self.embedding_C = embedding_C
+        self.layers_C = layers_C
         self.finetune_epochs = finetune_epochs
         self.finetune_max_length = finetune_max_length
         self.finetune_batch_size = finetune_batch_size
@@ -120,6 +132,8 @@ class ReviewRiskDetector(Detector):
             return ngram_classifier(C=self.ngram_nb_C, seed=self.seed, kind="nb")
         if comp in ("use", "minilm"):
             return _EmbeddingHead(comp, self.embedding_C, self.seed)
+        if comp == "minilm_layers":
+            return _EmbeddingHead(comp, self.layers_C, self.seed, standardize=True)
         return MiniLMClassifier(lora=comp == "minilm_lora", epochs=self.finetune_epochs,
                                 max_length=self.finetune_max_length, batch_size=self.finetune_batch_size,
                                 max_steps=self.finetune_max_steps, seed=self.seed)
