@@ -193,9 +193,12 @@ class MiniLMEncoder(_CachedEncoder):
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True,
                                        max_length=self.max_length, padding=True, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                chunks.append(mean_pool(hidden, batch["attention_mask"]).numpy())
+                chunks.append(self._pool_batch(batch).numpy())
         return np.concatenate(chunks).astype(np.float32)
+
+    def _pool_batch(self, batch: Any) -> Any:
+        """One tokenised batch -> one row per text (torch, under ``inference_mode``)."""
+        return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
 
 class MiniLMLayersEncoder(MiniLMEncoder):
@@ -214,23 +217,17 @@ class MiniLMLayersEncoder(MiniLMEncoder):
         cfg = self.model.config
         self.dim = 2 * cfg.num_hidden_layers * cfg.hidden_size
 
-    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+    def _pool_batch(self, batch: Any) -> Any:
         import torch
 
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True,
-                                       max_length=self.max_length, padding=True, return_tensors="pt")
-                layers = self.model(**batch, output_hidden_states=True).hidden_states[1:]  # [0]: embeddings
-                mask = batch["attention_mask"].unsqueeze(-1).bool()
-                parts = []
-                for hidden in layers:
-                    m = mask.to(hidden.dtype)
-                    parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9))
-                    parts.append(hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(1))
-                chunks.append(torch.cat(parts, dim=1).numpy())
-        return np.concatenate(chunks).astype(np.float32)
+        layers = self.model(**batch, output_hidden_states=True).hidden_states[1:]  # [0]: the embeddings
+        mask = batch["attention_mask"].unsqueeze(-1).bool()
+        parts = []
+        for hidden in layers:
+            m = mask.to(hidden.dtype)
+            parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9))
+            parts.append(hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(1))
+        return torch.cat(parts, dim=1)
 
 
 def mean_pool(hidden: Any, mask: Any) -> Any:
