@@ -224,9 +224,9 @@ class _Nested:
     def matrix(self, spec: str, k: int):  # type: ignore[no-untyped-def]
         import scipy.sparse as sp
 
-        if spec in ("use", "minilm_layers"):  # frozen encoders: one embedding per text, no fitting
-            from shopguard.models.text.encoders import shared_encoder
+        from shopguard.models.text.encoders import ENCODERS, shared_encoder
 
+        if spec in ENCODERS:  # frozen encoders: one embedding per text, no fitting
             fn = self.cache / f"emb_{spec}.npy" if self.cache else None
             if fn and fn.exists():
                 return np.load(fn)
