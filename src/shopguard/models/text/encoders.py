@@ -32,8 +32,6 @@ import numpy as np
 
 from shopguard.errors import ModelError, ValidationFailed
 
-ENCODERS = ("use", "minilm", "minilm_layers")
-
 
 def force_offline() -> None:
     """Make Hugging Face libraries refuse any hub access: weights come from installed packages only."""
@@ -221,24 +219,31 @@ class MiniLMLayersEncoder(MiniLMEncoder):
         import torch
 
         layers = self.model(**batch, output_hidden_states=True).hidden_states[1:]  # [0]: the embeddings
-        mask = batch["attention_mask"].unsqueeze(-1).bool()
+        mask = batch["attention_mask"]
+        padding = ~mask.unsqueeze(-1).bool()
         parts = []
         for hidden in layers:
-            m = mask.to(hidden.dtype)
-            parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9))
-            parts.append(hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(1))
+            parts.append(masked_mean(hidden, mask))
+            parts.append(hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(1))
         return torch.cat(parts, dim=1)
 
 
+def masked_mean(hidden: Any, mask: Any) -> Any:
+    """Mean of token vectors under the attention mask (torch tensors in and out; padding ignored)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
 def mean_pool(hidden: Any, mask: Any) -> Any:
-    """Mean of token vectors under the attention mask, L2-normalised (torch tensors in and out)."""
+    """``masked_mean`` L2-normalised: the sentence-transformers embedding of MiniLM."""
     import torch
 
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.nn.functional.normalize(masked_mean(hidden, mask), dim=-1)
 
 
+_ENCODER_TYPES: dict[str, type[_CachedEncoder]] = {
+    cls.name: cls for cls in (USEEncoder, MiniLMEncoder, MiniLMLayersEncoder)}
+ENCODERS = tuple(_ENCODER_TYPES)
 _SHARED: dict[str, _CachedEncoder] = {}
 
 
@@ -248,5 +253,5 @@ def shared_encoder(name: str) -> USEEncoder | MiniLMEncoder:
         raise ValidationFailed(f"encoder: unknown {name!r} (choose from {', '.join(ENCODERS)})",
                                field="encoder", value=name)
     if name not in _SHARED:
-        _SHARED[name] = {"use": USEEncoder, "minilm": MiniLMEncoder, "minilm_layers": MiniLMLayersEncoder}[name]()
+        _SHARED[name] = _ENCODER_TYPES[name]()
     return _SHARED[name]  # type: ignore[return-value]

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from shopguard.errors import DataError, ModelError
-from shopguard.models.text.encoders import check_texts, force_offline, minilm_path
+from shopguard.models.text.encoders import check_texts, force_offline, masked_mean, minilm_path
 
 
 def _build(lora: bool, r: int, alpha: int, dropout: float) -> tuple[Any, Any, Any]:
@@ -51,11 +51,6 @@ def _device(name: str | None) -> Any:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {name!r}: CUDA is not available on this machine", field="device", value=name)
     return torch.device(name)
-
-
-def _pool(hidden: Any, mask: Any) -> Any:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
 def _batches(lengths: np.ndarray, batch_size: int, bucket: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -139,7 +134,7 @@ class MiniLMClassifier(BaseEstimator, ClassifierMixin):
                 batch = self.tokenizer_([texts[i] for i in idx], truncation=True, max_length=self.max_length,
                                         padding=True, return_tensors="pt").to(dev)
                 hidden = self.encoder_(**batch).last_hidden_state
-                logits = self.head_(_pool(hidden, batch["attention_mask"]))
+                logits = self.head_(masked_mean(hidden, batch["attention_mask"]))
                 loss = loss_fn(logits, torch.as_tensor(labels[idx], device=dev))
                 opt.zero_grad()
                 loss.backward()
@@ -173,7 +168,7 @@ class MiniLMClassifier(BaseEstimator, ClassifierMixin):
                 batch = self.tokenizer_([texts[i] for i in idx], truncation=True, max_length=self.max_length,
                                         padding=True, return_tensors="pt").to(dev)
                 hidden = self.encoder_(**batch).last_hidden_state
-                logits = self.head_(_pool(hidden, batch["attention_mask"]))
+                logits = self.head_(masked_mean(hidden, batch["attention_mask"]))
                 out[idx] = torch.softmax(logits, -1).double().cpu().numpy()
         return out
 
