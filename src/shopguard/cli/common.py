@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +42,26 @@ def db_path(db: Path | None) -> Path:
     return get_settings(db=db).db_path
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter off the user's terminal; called once when the CLI starts.
+
+    Python warnings (torch's tracer warnings, sklearn / lightgbm / pyod deprecations) are ignored and the
+    root logger only passes errors (onnxruntime's quantiser logs through it), while shopguard's own
+    loggers keep their warnings. ``SHOPGUARD_WARNINGS=1`` or any ``-W`` / ``PYTHONWARNINGS`` setting
+    leaves everything as Python would.
+    """
+    if os.environ.get("SHOPGUARD_WARNINGS", "") not in ("", "0") or sys.warnoptions:
+        return
+    warnings.simplefilter("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("shopguard").setLevel(logging.WARNING)
+    for name in ("onnxruntime", "onnx", "torch", "lightgbm", "sklearn", "pyod", "transformers",
+                 "sentence_transformers", "peft", "numba"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def handle_errors(fn: F) -> F:
     """Print shopguard errors as one clear line and exit non-zero, instead of a traceback."""
 
@@ -47,7 +70,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ShopguardError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}")
+            console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
@@ -56,9 +79,17 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def progress_enabled() -> bool:
+    return sys.stderr.isatty() or os.environ.get("SHOPGUARD_PROGRESS", "") not in ("", "0")
+
+
 @contextmanager
 def progress(transient: bool = False) -> Iterator[Progress]:
-    """A Rich progress bar on stderr; quiet when stderr is not a terminal unless SHOPGUARD_PROGRESS=1."""
+    """A Rich progress bar on stderr; quiet when stderr is not a terminal unless SHOPGUARD_PROGRESS=1.
+
+    Give each task its ``total`` (rows, chunks, steps) whenever the work has a known length, so the bar
+    shows ``done/total`` and a time estimate instead of a spinner.
+    """
     prog = Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -68,7 +99,7 @@ def progress(transient: bool = False) -> Iterator[Progress]:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=not (sys.stderr.isatty()),
+        disable=not progress_enabled(),
     )
     with prog:
         yield prog

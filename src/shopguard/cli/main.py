@@ -12,6 +12,7 @@ import pkgutil
 import typer
 
 import shopguard.cli as cli_pkg
+from shopguard.cli.common import quiet_libraries
 
 app = typer.Typer(
     name="shopguard",
@@ -37,6 +38,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Find fraud and abuse in an online shop's behaviour logs, and explain every decision."""
+    quiet_libraries()  # before any command imports torch, onnxruntime, sklearn or lightgbm
 
 
 def _register_all() -> None:

@@ -59,11 +59,14 @@ class EventStore:
     def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False) -> None:
         self.path = str(path)
         if self.path != ":memory:":
+            _check_store_file(Path(self.path))
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
             raise ShopguardError(f"cannot open store {self.path}: {exc}", field="db", value=self.path) from exc
+        except duckdb.Error as exc:
+            raise DataError(f"db: cannot open store {self.path}: {exc}", field="db", value=self.path) from exc
         self._lock = threading.RLock()
         if not read_only:
             self.migrate()
@@ -438,6 +441,19 @@ def _first(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
     """First row of the pending result, consuming the rest (DuckDB 2 refuses new work otherwise)."""
     rows = con.fetchall()
     return rows[0] if rows else None
+
+
+def _check_store_file(path: Path) -> None:
+    """A path that exists must be a DuckDB file: DuckDB itself opens e.g. a Parquet file as an in-memory
+    database (writes would vanish) and reports a text file in a long IO error."""
+    if path.is_dir():
+        raise DataError(f"db: {path} is a folder, not a store file (.duckdb)", field="db", value=str(path))
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[8:12] != b"DUCK":
+        raise DataError(f"db: {path} is not a shopguard store (not a DuckDB file)", field="db", value=str(path))
 
 
 def open_store(path: str | Path, *, read_only: bool = False) -> EventStore:
