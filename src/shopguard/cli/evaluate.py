@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shopguard.cli.common import DbOption, handle_errors, out, progress
@@ -40,26 +43,89 @@ def evaluate(
             out.print(f"wrote {p}")
 
 
-def print_report(report: dict) -> None:
-    t = Table(title=f"Test window {report['window'].get('start')} .. {report['window'].get('end')}")
-    cols = ("roc_auc", "average_precision", "recall_at_1pct_fpr", "precision_at_k", "recall_at_threshold")
-    for c in ("detector", "events", "fraud", *cols):
-        t.add_column(c, justify="left" if c == "detector" else "right")
-    for m in report["models"]:
-        x = m["metrics"]
-        t.add_row(m["detector"], str(x.get("events")), str(x.get("positives")),
-                  *[("–" if x.get(c) is None else f"{x[c]:.4f}") for c in cols])
-    out.print(t)
-    names = sorted({n for m in report["models"] for n in m["metrics"].get("scenarios", {})})
+# (label, metric key, digits) rows of the summary table; ``None`` key rows print the interval above.
+_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("events", "events", 0),
+    ("fraud events", "positives", 0),
+    ("ROC-AUC", "roc_auc", 4),
+    ("  95% CI", "roc_auc_ci", 3),
+    ("average precision", "average_precision", 4),
+    ("  95% CI", "average_precision_ci", 3),
+    ("recall @1% FPR", "recall_at_1pct_fpr", 4),
+    ("precision@k / day", "precision_at_k", 4),
+    ("recall @threshold", "recall_at_threshold", 4),
+)
+_LABEL_W = 18
+_MIN_COL_W = 12
+
+
+def _cell(v: Any, digits: int) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, list | tuple):
+        if len(v) != 2 or any(x is None or not math.isfinite(x) for x in v):
+            return "–"
+        return f"{v[0]:.{digits}f}–{v[1]:.{digits}f}"
+    if digits == 0:
+        return f"{int(v):,}"
+    return f"{float(v):.{digits}f}"
+
+
+def _headers(models: list[dict]) -> list[str]:
+    """Detector names, numbered when two models share one."""
+    names = [str(m.get("detector")) for m in models]
+    return [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _chunks(headers: list[str], width: int, fixed: int) -> list[list[int]]:
+    """Model indices per table so that each table fits ``width`` columns (one model per table at least)."""
+    groups: list[list[int]] = [[]]
+    used = fixed
+    for i, h in enumerate(headers):
+        w = max(len(h), _MIN_COL_W) + 3  # cell padding and border
+        if groups[-1] and used + w > width:
+            groups.append([])
+            used = fixed
+        groups[-1].append(i)
+        used += w
+    return groups
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    """Metrics as a vertical table (a row per metric, a column per model), split so that every table
+    fits the terminal (80 columns included); then recall per scenario; then the warnings in yellow."""
+    con = console or out
+    models = report["models"]
+    headers = _headers(models)
+    width = max(con.width, 40)
+    con.print(f"[bold]Test window[/] {escape(str(report['window'].get('start')))} .. "
+              f"{escape(str(report['window'].get('end')))}")
+    for group in _chunks(headers, width, _LABEL_W + 4):
+        t = Table()
+        t.add_column("metric", no_wrap=True, min_width=_LABEL_W)
+        for i in group:
+            t.add_column(headers[i], justify="right", no_wrap=True, min_width=_MIN_COL_W)
+        for label, key, digits in _ROWS:
+            vals = [models[i]["metrics"].get(key) for i in group]
+            if all(v is None for v in vals) and key not in ("roc_auc", "average_precision"):
+                continue
+            t.add_row(label, *[_cell(v, digits) for v in vals])
+        con.print(t)
+    names = sorted({n for m in models for n in m["metrics"].get("scenarios", {})})
     if names:
-        t = Table(title="Recall at 1% FPR per scenario")
-        t.add_column("scenario")
-        t.add_column("fraud events", justify="right")
-        for m in report["models"]:
-            t.add_column(m["detector"], justify="right")
-        for n in names:
-            sc = [m["metrics"].get("scenarios", {}).get(n, {}) for m in report["models"]]
-            pos = next((s["positives"] for s in sc if s), 0)
-            t.add_row(n, str(pos), *[("–" if s.get("recall_at_1pct_fpr") is None else f"{s['recall_at_1pct_fpr']:.3f}")
-                                     for s in sc])
-        out.print(t)
+        name_w = min(max(len(n) for n in names), 28)
+        for group in _chunks(headers, width, name_w + 4 + 9):
+            t = Table(title="Recall at 1% FPR per scenario", title_justify="left")
+            t.add_column("scenario", no_wrap=True, overflow="ellipsis", max_width=name_w)
+            t.add_column("fraud", justify="right", no_wrap=True)
+            for i in group:
+                t.add_column(headers[i], justify="right", no_wrap=True, min_width=_MIN_COL_W)
+            for n in names:
+                sc = [m["metrics"].get("scenarios", {}).get(n, {}) for m in models]
+                pos = next((s["positives"] for s in sc if s), 0)
+                t.add_row(n, str(pos), *[_cell(sc[i].get("recall_at_1pct_fpr"), 3) for i in group])
+            con.print(t)
+    for w in report.get("warnings") or ():
+        style = "yellow" if w.get("severity", "warning") == "warning" else "cyan"
+        con.print(f"[{style}]{escape(str(w.get('severity', 'warning')))} ({escape(str(w.get('detector')))}): "
+                  f"{escape(str(w.get('message')))}[/]")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shopguard.evaluation.checks import Check, check_window
 from shopguard.evaluation.metrics import roc_curve
 
 _HEADLINE = ("roc_auc", "average_precision", "recall_at_1pct_fpr", "precision_at_k", "card_precision_at_k",
@@ -25,16 +26,39 @@ _HEADLINE = ("roc_auc", "average_precision", "recall_at_1pct_fpr", "precision_at
 
 def build_report(results: list[dict[str, Any]], *, window: dict[str, Any] | None = None,
                  db: str | None = None) -> dict[str, Any]:
-    """The JSON report: one entry per model (metrics, policy, split), without raw score arrays."""
+    """The JSON report: one entry per model (metrics, policy, split), without raw score arrays.
+
+    ``warnings`` lists what a careful analyst would flag (``evaluation.checks``), each with its model:
+    the window's own checks (size, fraud count, AUC below chance, fraud-rate shift against the
+    training rate in ``info``) plus the training-time ones a result carries in ``warnings``.
+    """
     from shopguard import __version__
 
+    warnings = []
+    for r in results:
+        for c in result_checks(r):
+            warnings.append({"model": r.get("model_version"), "detector": r.get("detector"), **c.to_dict()})
     return _clean({
         "generated_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
         "shopguard_version": __version__,
         "db": db,
         "window": window or {},
-        "models": [{k: v for k, v in r.items() if k != "data"} for r in results],
+        "models": [{k: v for k, v in r.items() if k not in ("data", "warnings")} for r in results],
+        "warnings": warnings,
     })
+
+
+def result_checks(result: dict[str, Any]) -> list[Check]:
+    """Checks of one evaluated model: carried training-time ones, then this window's."""
+    carried = [c if isinstance(c, Check) else Check.from_dict(c) for c in result.get("warnings") or ()]
+    # Window checks stored at training time were about the training run's test window: recompute them.
+    found = [c for c in carried if c.window != "test"]
+    info = result.get("info") or {}
+    rate = result.get("train_positive_rate")
+    if rate is None and info.get("train_events"):
+        rate = info.get("train_positives", 0) / info["train_events"]
+    found += check_window(result.get("metrics") or {}, window="test", train_positive_rate=rate)
+    return found
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
@@ -139,7 +163,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}.muted{color:#777;font-size:.9rem}
-img{max-width:100%}
+img{max-width:100%}.warn li{color:#8a5a00;margin:.2rem 0}
 """
 
 
@@ -149,6 +173,14 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "–" if not math.isfinite(v) else f"{v:.4f}"
     return html.escape(str(v))
+
+
+def _with_ci(metrics: dict[str, Any], key: str) -> Any:
+    """``value [low, high]`` when the metric has an interval, else the value."""
+    v, ci = metrics.get(key), metrics.get(f"{key}_ci")
+    if not isinstance(v, float) or not math.isfinite(v) or not ci or None in ci:
+        return v
+    return f"{v:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -167,10 +199,19 @@ def render_html(report: dict[str, Any], results: list[dict[str, Any]]) -> str:
              f"{html.escape(str(report.get('db')))} · test window {html.escape(str(report['window'].get('start')))} "
              f"→ {html.escape(str(report['window'].get('end')))}. Time-ordered split with a label-delay gap; users "
              "already known as fraudulent before each test day are removed.</p>"]
+    warnings = report.get("warnings") or []
+    if warnings:
+        parts.append("<h2>Warnings</h2><ul class='warn'>")
+        parts += [f"<li><b>{html.escape(str(w.get('detector')))}</b> · {html.escape(str(w.get('code')))}: "
+                  f"{html.escape(str(w.get('message')))}</li>" for w in warnings]
+        parts.append("</ul>")
     parts.append("<h2>Summary</h2>")
     parts.append(_table(["model", "detector", "supervised", "events", "fraud", *_HEADLINE],
                         [[m["model_version"], m["detector"], m["supervised"], m["metrics"].get("events"),
-                          m["metrics"].get("positives"), *[m["metrics"].get(k) for k in _HEADLINE]] for m in models]))
+                          m["metrics"].get("positives"), *[_with_ci(m["metrics"], k) for k in _HEADLINE]]
+                         for m in models]))
+    parts.append("<p class='muted'>ROC-AUC and average precision with their 95% stratified bootstrap "
+                 "interval in brackets.</p>")
     if "curves" in pics:
         parts.append(f"<h2>ROC and precision-recall</h2><img alt='ROC and PR curves' src='data:image/png;base64,"
                      f"{pics['curves']}'>")
