@@ -28,6 +28,7 @@ Conditions use a small, safe expression language parsed here (never Python ``eva
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -44,6 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shopguard.errors import ConfigError, ValidationFailed
 from shopguard.events.schema import COLUMN_BY_NAME, COLUMN_NAMES
 
+log = logging.getLogger("shopguard.rules")
+
 ACTIONS: tuple[str, ...] = ("allow", "review", "challenge", "block")
 SEVERITY: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 MODES = ("first_match", "all_match")
@@ -56,7 +59,15 @@ LIST_KINDS: dict[str, str] = {  # list name in YAML -> event field it matches
     "instruments": "payment_instrument",
 }
 MAX_EXPR_CHARS = 2_000
-MAX_DEPTH = 50
+MAX_DEPTH = 50  # parentheses, ``not``, unary minus and calls nested in the source text
+# The budget of one condition's tree, checked by ``rules check`` and at every load: evaluation recurses
+# once per level, so a chain like ``1+1+...+1`` (975 terms, under 2,000 characters) must be refused
+# when the file is checked, never discovered as a RecursionError on the decision path.
+MAX_AST_DEPTH = 64
+MAX_AST_NODES = 1_000
+MAX_RULES = 1_000  # rules in one file
+MAX_RULE_FILE_BYTES = 2_000_000
+MAX_YAML_DEPTH = 32  # nesting of YAML mappings/lists in a rule file (rules need 4)
 
 
 class ExpressionError(ValueError):
@@ -164,6 +175,7 @@ class _Parser:
         t = self.peek()
         if t.kind != "end":
             raise ExpressionError(f"unexpected {t.text!r}", t.pos)
+        check_budget(node)
         return node
 
     def _enter(self) -> None:
@@ -306,20 +318,50 @@ def parse_expression(src: str) -> Node:
     return _Parser(src).parse()
 
 
-def names_in(node: Node) -> set[str]:
-    """Every name a condition reads."""
-    kind = node[0]
-    if kind == "name":
-        return {node[1]}
-    if kind == "lit":
-        return set()
-    out: set[str] = set()
+def _children(node: Node) -> list[Node]:
+    if node[0] in ("lit", "name"):
+        return []
+    out: list[Node] = []
     for part in node[1:]:
         if isinstance(part, tuple):
-            out |= names_in(part)
+            out.append(part)
         elif isinstance(part, list):
-            for p in part:
-                out |= names_in(p)
+            out.extend(p for p in part if isinstance(p, tuple))
+    return out
+
+
+def tree_size(node: Node) -> tuple[int, int]:
+    """(depth, nodes) of a condition's tree, walked without recursion (any tree is safe to measure)."""
+    depth = nodes = 0
+    stack: list[tuple[Node, int]] = [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        nodes += 1
+        depth = max(depth, d)
+        stack.extend((c, d + 1) for c in _children(n))
+    return depth, nodes
+
+
+def check_budget(node: Node) -> None:
+    """Refuse a condition whose tree is deeper than ``MAX_AST_DEPTH`` or larger than ``MAX_AST_NODES``."""
+    depth, nodes = tree_size(node)
+    if depth > MAX_AST_DEPTH:
+        raise ExpressionError(f"condition too deeply nested: {depth} levels (at most {MAX_AST_DEPTH}; a long "
+                              "chain of + - * / counts one level per operator: split it, or use a feature)")
+    if nodes > MAX_AST_NODES:
+        raise ExpressionError(f"condition too large: {nodes} parts (at most {MAX_AST_NODES})")
+
+
+def names_in(node: Node) -> set[str]:
+    """Every name a condition reads (iterative: never recurses)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n[0] == "name":
+            out.add(n[1])
+        else:
+            stack.extend(_children(n))
     return out
 
 
@@ -536,7 +578,7 @@ class RuleFileSpec(BaseModel):
 
     mode: Literal["first_match", "all_match"] = "first_match"
     lists: ListsSpec = Field(default_factory=ListsSpec)
-    rules: list[RuleSpec] = Field(default_factory=list)
+    rules: list[RuleSpec] = Field(default_factory=list, max_length=MAX_RULES)
 
 
 @dataclass(frozen=True)
@@ -554,7 +596,7 @@ class Rule:
     def matches(self, ctx: Ctx) -> bool:
         try:
             return _truthy(self.fn(ctx))
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, RecursionError, OverflowError):
             return False  # a value of an unexpected kind never makes a rule fire
 
 
@@ -615,10 +657,15 @@ class RuleSet:
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "<rules>", strict_names: set[str] | None = None) -> RuleSet:
         if data is None:
-            data = {}
+            # An empty (or truncated-to-nothing) file would silently switch every rule and list off.
+            raise ValidationFailed(f"{source}: the rule file is empty; write `rules: []` to serve with no rules",
+                                   field="rules")
         if not isinstance(data, dict):
             raise ValidationFailed(f"{source}: a rule file must be a mapping with 'rules:', got {type(data).__name__}",
                                    field="rules")
+        if "rules" not in data:
+            raise ValidationFailed(f"{source}: the rule file has no 'rules:' entry; write `rules: []` to serve "
+                                   "with no rules", field="rules")
         try:
             spec = RuleFileSpec.model_validate(data)
         except ValidationError as exc:
@@ -637,10 +684,19 @@ class RuleSet:
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<rules>", strict_names: set[str] | None = None) -> RuleSet:
+        if len(text) > MAX_RULE_FILE_BYTES:
+            raise ValidationFailed(f"{source}: rule file over {MAX_RULE_FILE_BYTES:,} characters", field="rules")
+        _check_yaml_nesting(text, source)
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ValidationFailed(f"{source}: not valid YAML: {exc}", field="rules") from None
+        except RecursionError:
+            raise ValidationFailed(f"{source}: not valid YAML: nested too deeply", field="rules") from None
+        depth = _data_depth(data)
+        if depth > MAX_YAML_DEPTH:
+            raise ValidationFailed(f"{source}: YAML nested {depth} levels deep (at most {MAX_YAML_DEPTH})",
+                                   field="rules")
         return cls.from_dict(data, source=source, strict_names=strict_names)
 
     @classmethod
@@ -648,7 +704,18 @@ class RuleSet:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"rule file {p} does not exist", field="rules", value=str(p))
-        return cls.from_yaml(p.read_text(), source=str(p), strict_names=strict_names)
+        try:
+            with p.open("rb") as fh:
+                raw = fh.read(MAX_RULE_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"rule file {p} cannot be read: {exc.strerror}", field="rules", value=str(p)) from None
+        if len(raw) > MAX_RULE_FILE_BYTES:
+            raise ValidationFailed(f"{p}: rule file over {MAX_RULE_FILE_BYTES:,} bytes", field="rules")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationFailed(f"{p}: not UTF-8 text (byte {exc.start})", field="rules") from None
+        return cls.from_yaml(text, source=str(p), strict_names=strict_names)
 
     @classmethod
     def empty(cls) -> RuleSet:
@@ -695,6 +762,40 @@ class RuleSet:
         return out
 
 
+def _check_yaml_nesting(text: str, source: str) -> None:
+    """Refuse flow-style nesting (``[[[[...`` or ``{{{...``) deeper than ``MAX_YAML_DEPTH`` before the YAML
+    parser recurses into it (a cheap upper bound: brackets inside quoted strings count too)."""
+    depth = worst = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > worst:
+                worst = depth
+                if worst > MAX_YAML_DEPTH * 4:
+                    raise ValidationFailed(f"{source}: YAML nested too deeply (over {MAX_YAML_DEPTH * 4} "
+                                           "brackets)", field="rules")
+        elif ch in "]}" and depth:
+            depth -= 1
+
+
+def _data_depth(data: Any) -> int:
+    """How deeply lists and mappings nest in loaded YAML (iterative)."""
+    worst = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen: set[int] = set()
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            if id(v) in seen:  # YAML aliases share objects: walk each once
+                continue
+            seen.add(id(v))
+            worst = max(worst, d)
+            if d > MAX_YAML_DEPTH:
+                return d
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return worst
+
+
 def _check_names(ast: Node, where: str, i: int, strict_names: set[str] | None) -> None:
     """Refuse names that are neither event fields, scores, derived extras nor (when known) features."""
     allowed = set(COLUMN_NAMES) | set(SCORE_NAMES) | set(CONTEXT_EXTRAS)
@@ -719,19 +820,17 @@ def _check_names(ast: Node, where: str, i: int, strict_names: set[str] | None) -
 
 def _check_types(ast: Node, where: str, i: int) -> None:
     """Catch comparisons that can never be true, e.g. a numeric field against text."""
-    kind = ast[0]
-    if kind == "cmp":
-        _, op, a, b = ast
-        for x, y in ((a, b), (b, a)):
-            if x[0] == "name" and x[1] in NUMERIC_FIELDS | set(SCORE_NAMES) and y[0] == "lit" and isinstance(y[1], str):
-                raise ValidationFailed(f"{where}: {x[1]!r} is a number but is compared with text {y[1]!r}",
-                                       field=f"rules[{i}].when", value=y[1])
-    for part in ast[1:]:
-        if isinstance(part, tuple):
-            _check_types(part, where, i)
-        elif isinstance(part, list):
-            for p in part:
-                _check_types(p, where, i)
+    numeric = NUMERIC_FIELDS | set(SCORE_NAMES)
+    stack = [ast]
+    while stack:
+        node = stack.pop()
+        if node[0] == "cmp":
+            _, op, a, b = node
+            for x, y in ((a, b), (b, a)):
+                if x[0] == "name" and x[1] in numeric and y[0] == "lit" and isinstance(y[1], str):
+                    raise ValidationFailed(f"{where}: {x[1]!r} is a number but is compared with text {y[1]!r}",
+                                           field=f"rules[{i}].when", value=y[1])
+        stack.extend(_children(node))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -752,6 +851,7 @@ class ReloadingRules:
         self._mtime: float | None = None
         self.last_error: str | None = None
         self.reloads = 0
+        self.refused = 0
         self.rules = RuleSet.empty()
         if self.path is not None:
             self.rules = RuleSet.load(self.path)  # a bad file at start-up is an error, not a warning
@@ -763,22 +863,43 @@ class ReloadingRules:
         now = time.monotonic()
         if now - self._checked < self.check_every:
             return self.rules
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return self.rules  # another thread is reloading: keep deciding with the rules in force
+        try:
             self._checked = now
             m = _mtime(self.path)
-            if m is not None and m != self._mtime:
+            if m != self._mtime:
                 self._mtime = m
-                self.reload()
+                if m is None:
+                    self.last_error = f"{self.path}: the rule file is missing; the previous rules keep serving"
+                    self.refused += 1
+                else:
+                    self.reload()
+        except Exception:  # the check must never fail a decision
+            log.exception("rule file check failed")
+        finally:
+            self._lock.release()
         return self.rules
 
     def reload(self) -> bool:
-        """Load the file now; returns whether the new rules are in force."""
+        """Load the file now; returns whether the new rules are in force.
+
+        Never raises: *any* failure (bad YAML, nesting, bytes that are not UTF-8, a condition over
+        budget, a bug) keeps the last good rules serving and is recorded in ``last_error``."""
         assert self.path is not None
         try:
-            self.rules = RuleSet.load(self.path)
+            rules = RuleSet.load(self.path)
         except (ValidationFailed, ConfigError) as exc:
             self.last_error = exc.message
+            self.refused += 1
+            log.error("rule file edit refused, the previous rules keep serving: %s", exc.message)
             return False
+        except Exception as exc:  # never expected: still never takes the decision path down
+            self.last_error = f"{self.path}: the rule file could not be loaded ({type(exc).__name__})"
+            self.refused += 1
+            log.exception("rule file edit refused, the previous rules keep serving")
+            return False
+        self.rules = rules
         self.last_error = None
         self.reloads += 1
         return True
