@@ -42,6 +42,18 @@ def db_path(db: Path | None) -> Path:
     return get_settings(db=db).db_path
 
 
+def open_store(db: Path | None, *, read_only: bool = False) -> Any:
+    """The existing store at ``--db`` (``NotFound`` naming ``db`` when there is none)."""
+    from shopguard.errors import NotFound
+    from shopguard.store import EventStore
+
+    path = db_path(db)
+    if not path.exists():
+        raise NotFound(f"no store at {path}: run `shopguard simulate` or `shopguard ingest` first", field="db",
+                       value=str(path))
+    return EventStore(path, read_only=read_only)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter off the user's terminal; called once when the CLI starts.
 
