@@ -194,7 +194,7 @@ def window_surprise(model: FoundationModel, batch: SequenceBatch, fields: Sequen
     outs = []
     try:
         for s in range(0, len(batch), batch_size):
-            tok = torch.from_numpy(batch.tokens[s:s + batch_size]).to(dev)
+            tok = net.known_ids(torch.from_numpy(batch.tokens[s:s + batch_size]).to(dev))
             dt = torch.from_numpy(batch.dt[s:s + batch_size]).to(dev)
             target = tok[:, 1:]
             total = torch.zeros(target.shape[:2], device=dev)

@@ -46,7 +46,7 @@ from shopguard.models.sequence.finetune import FineTunedModel
 from shopguard.models.sequence.network import BehaviourTransformer, FoundationModel, field_weights
 from shopguard.models.sequence.network import _k as net_key
 from shopguard.models.sequence.sequences import SequenceBatch
-from shopguard.models.sequence.tokenizer import BOS, FIELDS, OFFSET, PAD, EventTokenizer, UserState
+from shopguard.models.sequence.tokenizer import BOS, FIELDS, OFFSET, PAD, UNK, EventTokenizer, UserState
 
 EXPORT_FILE = "export.json"
 FP32_FILE = "model.onnx"
@@ -65,6 +65,7 @@ class _Graph(nn.Module):
         self.cols = [(FIELDS.index(f), net_key(f)) for f in (fields or FIELDS)]
 
     def forward(self, tokens: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.known_ids(tokens)  # the heads' targets too: ids outside a table read as UNK
         if self.kind == "session":
             # As ``detectors.window_surprise``: hidden state i predicts event i+1; only the chosen heads run.
             hidden = self.encoder.encode(tokens, dt)[:, :-1]
@@ -80,6 +81,18 @@ class _Graph(nn.Module):
             return self.encoder.embed(tokens, dt)
         assert self.head is not None
         return torch.sigmoid(self.head(self.encoder.encode(tokens, dt)[:, -1, :]))
+
+
+def example_windows(net: BehaviourTransformer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tracing inputs for the export: two windows ``[PAD.., BOS, e, e]`` whose every id is one the
+    field's table holds. ``OFFSET`` (the first real value) is not always one: a field the training events
+    never carried (a click log has no ``status``, no ``amount``, maybe no ``category``) has no real value,
+    its table ends at ``UNK``; there the events hold ``UNK``. The values only drive the trace."""
+    first = [OFFSET if net.vocab_sizes[f] > OFFSET else UNK for f in FIELDS]
+    tokens = torch.full((2, length, len(FIELDS)), PAD, dtype=torch.long)
+    tokens[:, -3] = BOS
+    tokens[:, -2:] = torch.tensor(first, dtype=torch.long)
+    return tokens, torch.zeros((2, length), dtype=torch.float32)
 
 
 class FusionGraph(nn.Module):
@@ -136,6 +149,7 @@ class FusionGraph(nn.Module):
         return torch.cat([fields.sum(dim=1, keepdim=True), fields, mean_k[:, None], peak[:, None]], dim=1)
 
     def forward(self, tokens: torch.Tensor, dt: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.known_ids(tokens)  # the surprise targets too: ids outside a table read as UNK
         hidden = self.encoder.encode(tokens, dt)
         x = features.float()
         if self.surprise:
@@ -199,11 +213,7 @@ def _export_fusion(det: Any, folder: str | Path, *, quantize: bool, opset: int) 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     nets = [graph.encoder] + ([graph.surprise_encoder] if graph.surprise_encoder is not None else [])
-    length = det.window + 1
-    tokens = torch.full((2, length, len(FIELDS)), PAD, dtype=torch.long)
-    tokens[:, -3] = BOS
-    tokens[:, -2:] = OFFSET
-    dt = torch.zeros((2, length), dtype=torch.float32)
+    tokens, dt = example_windows(graph.encoder, det.window + 1)
     feats = torch.zeros((2, len(features)), dtype=torch.float32)
     fp32 = out / FP32_FILE
     for n in nets:
@@ -312,11 +322,7 @@ def export_onnx(model: FoundationModel | Any, folder: str | Path, *, kind: Kind 
     head = model.head.cpu().eval() if isinstance(model, FineTunedModel) else None
     graph = _Graph(encoder, kind, head, field_weights(surprise_fields),
                    session["fields"] if kind == "session" and session else None).eval()
-    length = model.max_len + 1
-    tokens = torch.full((2, length, len(FIELDS)), PAD, dtype=torch.long)
-    tokens[:, -3] = BOS
-    tokens[:, -2:] = OFFSET  # a valid id in every field
-    dt = torch.zeros((2, length), dtype=torch.float32)
+    tokens, dt = example_windows(encoder, model.max_len + 1)
     fp32 = out / FP32_FILE
     try:
         with torch.no_grad():

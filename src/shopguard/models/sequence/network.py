@@ -29,7 +29,7 @@ from torch import nn
 from shopguard.errors import ModelError
 from shopguard.models.sequence.config import NetworkConfig
 from shopguard.models.sequence.sequences import SequenceBatch, build_sequences
-from shopguard.models.sequence.tokenizer import FIELDS, PAD, EventTokenizer
+from shopguard.models.sequence.tokenizer import FIELDS, PAD, UNK, EventTokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -138,6 +138,10 @@ class BehaviourTransformer(nn.Module):
         self.ln_out = nn.LayerNorm(d)
         self.mfm_heads = nn.ModuleDict({_k(f): nn.Linear(d, vocab_sizes[f]) for f in FIELDS})
         self.next_heads = nn.ModuleDict({_k(f): nn.Linear(d, vocab_sizes[f]) for f in FIELDS})
+        # Each field's table size (F,): an id outside it is read as UNK (``known_ids``). Not saved: it
+        # follows from ``vocab_sizes``, so folders written before it load unchanged.
+        self.register_buffer("vocab_limit", torch.tensor([vocab_sizes[f] for f in FIELDS], dtype=torch.long),
+                             persistent=False)
         self.apply(self._init)
 
     @staticmethod
@@ -167,9 +171,20 @@ class BehaviourTransformer(nn.Module):
             sizes = torch.tensor([0] + [t.shape[0] for t in tables[:-1]])
             self._fused = (torch.cat(tables, dim=0), torch.cumsum(sizes, dim=0))
 
+    def known_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (..., F) with every id outside its field's table replaced by ``UNK``.
+
+        The fitted tokenizer never emits such an id (unseen values are already ``UNK`` or a hash bucket),
+        but windows can come from elsewhere (a tokenizer fitted on other events, a client's own tokens):
+        they are read as "a value not seen in training" instead of failing, or, in the fused export lookup
+        (``set_export_mode``), silently reading the next field's table. Same in PyTorch and ONNX.
+        """
+        return torch.where((tokens >= 0) & (tokens < self.vocab_limit), tokens, UNK)
+
     def encode(self, tokens: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) of windows ``tokens`` (B, L, F) with time gaps ``dt`` (B, L)."""
         b, length, _ = tokens.shape
+        tokens = self.known_ids(tokens)
         fused = getattr(self, "_fused", None)
         if fused is not None:  # export mode: one lookup for every field (set_export_mode)
             table, offsets = fused
@@ -197,6 +212,7 @@ class BehaviourTransformer(nn.Module):
     def field_nll(self, hidden: torch.Tensor, targets: torch.Tensor, heads: str = "next") -> torch.Tensor:
         """Per-field negative log-likelihood (N, F) of ``targets`` (N, F) from hidden states (N, D)."""
         table = self.next_heads if heads == "next" else self.mfm_heads
+        targets = self.known_ids(targets)
         out = [F.cross_entropy(table[_k(f)](hidden).float(), targets[:, i], reduction="none") for i, f in enumerate(FIELDS)]
         return torch.stack(out, dim=1)
 
