@@ -12,6 +12,8 @@ Point-in-time semantics shared by every engine:
   at the same ``ts`` as the current one never count (ties are not "before");
 - ``window=None`` means all history before ``t``;
 - label-based features use only labels with ``labeled_at < t``;
+- an entity is an event column (``ENTITY_COLUMNS``) or a key of the event's ``attrs``, spelled
+  ``"attr:<key>"`` (e.g. ``"attr:app"``); an event without the entity gets missing features;
 - graph (ring) features see the account-link graph of the events strictly before ``t`` (ties excluded)
   and the user labels known before ``t`` (``features.graph.RingFeatures``).
 
@@ -39,6 +41,15 @@ KEY_COLUMNS: tuple[str, ...] = ("event_id", "ts", "type", "user_id")
 
 #: Entities features can be keyed by (columns of the event record).
 ENTITIES: tuple[str, ...] = ("user_id", "device_id", "ip", "payment_instrument", "merchant_id", "item_id")
+#: Every event column a feature can be keyed by: the entities plus the item category.
+ENTITY_COLUMNS: tuple[str, ...] = (*ENTITIES, "category")
+#: An entity spelled ``"attr:<key>"`` is the value of that key in the event's ``attrs`` (as text).
+ATTR_ENTITY_PREFIX = "attr:"
+#: attrs keys that look like labels are never features nor entities (they would leak the answer).
+LABEL_LIKE_KEYS = re.compile(r"(?i)(fraud|label|scenario|target|chargeback|is_bad|ground_truth)")
+#: Ways to count the denominator of ``smoothed_label_rate``: the entity's earlier events whose label
+#: (positive or negative) was known before t (a store with explicit negatives), or all its earlier events.
+LABEL_DENOMINATORS: tuple[str, ...] = ("labelled", "events")
 
 #: Aggregates over the entity's earlier events in a window.
 WINDOW_AGGREGATES: tuple[str, ...] = (
@@ -50,6 +61,7 @@ WINDOW_AGGREGATES: tuple[str, ...] = (
     "zscore",         # (current `field` - mean) / std of earlier values
     "ratio_to_mean",  # current `field` / mean of earlier values
     "deviation",      # current `field` - mean of earlier values
+    "user_share",     # earlier events of (entity, this user) / earlier events of the entity (missing when none)
 )
 #: Aggregates over the entity's history that are not plain windows.
 HISTORY_AGGREGATES: tuple[str, ...] = (
@@ -57,6 +69,8 @@ HISTORY_AGGREGATES: tuple[str, ...] = (
     "since_first",  # seconds since the entity's first matching event
     "is_new",       # 1 if the current `field` value was not seen with this entity in the window, else 0
     "label_rate",   # share of matching events in [t-delay-window, t-delay) with a positive label known before t
+    # (positives known before t + smoothing * prior) / (denominator + smoothing), over all earlier events
+    "smoothed_label_rate",
 )
 #: Features of the current event itself (no history).
 CURRENT_AGGREGATES: tuple[str, ...] = (
@@ -124,6 +138,12 @@ class FeatureDef:
     inputs: tuple[str, ...] = ()
     doc: str = ""
     describe: str = "{name} = {value:.3g}"
+    #: ``smoothed_label_rate`` only: the rate it shrinks towards, the weight of that prior (in events)
+    #: and what the denominator counts (``LABEL_DENOMINATORS``). Fixed when the set is built, so every
+    #: engine computes the same number.
+    prior: float | None = None
+    smoothing: float | None = None
+    denominator: str | None = None
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples, so definitions stay hashable and compare equal after a round trip.
@@ -144,6 +164,13 @@ class FeatureDef:
     @property
     def categorical(self) -> bool:
         return self.aggregate == "category"
+
+    @property
+    def attr_key(self) -> str | None:
+        """The attrs key of an ``"attr:<key>"`` entity, else ``None``."""
+        if self.entity is not None and self.entity.startswith(ATTR_ENTITY_PREFIX):
+            return self.entity[len(ATTR_ENTITY_PREFIX):]
+        return None
 
     @property
     def kind(self) -> str:
@@ -191,13 +218,21 @@ class FeatureDef:
             raise bad("aggregate", f"must be one of {', '.join(AGGREGATES)}", self.aggregate)
         parse_duration(self.window, f"{self.name}.window")
         parse_duration(self.delay, f"{self.name}.delay")
+        self._validate_smoothing(bad)
         kind = self.kind
         if kind == "graph":
             self._validate_graph(bad)
             return
         if kind in ("window", "history"):
-            if self.entity not in ENTITIES:
-                raise bad("entity", f"must be one of {', '.join(ENTITIES)}", self.entity)
+            key = self.attr_key
+            if key is None and self.entity not in ENTITY_COLUMNS:
+                raise bad("entity", f"must be one of {', '.join(ENTITY_COLUMNS)} or {ATTR_ENTITY_PREFIX}<attrs key>",
+                          self.entity)
+            if key is not None and (not key or not key.isprintable() or '"' in key or "\\" in key):
+                raise bad("entity", "must name an attrs key without quotes, backslashes or control characters",
+                          self.entity)
+            if key is not None and LABEL_LIKE_KEYS.search(key):
+                raise bad("entity", "names a label-like attrs key (it would leak the answer)", self.entity)
         elif self.entity is not None:
             raise bad("entity", f"must be empty for a {kind} feature", self.entity)
         for t in self.types or ():
@@ -206,8 +241,13 @@ class FeatureDef:
         for col, _allowed in self.where:
             if col not in COLUMN_BY_NAME or COLUMN_BY_NAME[col].kind == "json":
                 raise bad("where", "names an unknown column", col)
+        if self.aggregate == "user_share":
+            if self.entity == "user_id":
+                raise bad("entity", "must not be user_id for user_share (the share is the user's)", self.entity)
+            if self.field is not None:
+                raise bad("field", "must be empty for user_share (it counts the event's user_id)", self.field)
         needs_field = self.aggregate not in ("count", "since_last", "since_first", "label_rate", "hour",
-                                             "weekday", "ratio")
+                                             "weekday", "ratio", "smoothed_label_rate", "user_share")
         if needs_field and self.field is None:
             raise bad("field", f"is required for aggregate {self.aggregate!r}", None)
         if self.field is not None and self.field not in COLUMN_BY_NAME:
@@ -225,6 +265,30 @@ class FeatureDef:
             raise bad("window", "and delay are both required for label_rate", (self.window, self.delay))
         if self.aggregate == "ratio" and len(self.inputs) != 2:
             raise bad("inputs", "must name exactly two features (numerator, divisor)", self.inputs)
+
+    def _validate_smoothing(self, bad: Any) -> None:
+        """``prior``, ``smoothing`` and ``denominator`` belong to ``smoothed_label_rate`` and it needs all three."""
+        params = {"prior": self.prior, "smoothing": self.smoothing, "denominator": self.denominator}
+        if self.aggregate != "smoothed_label_rate":
+            for name, value in params.items():
+                if value is not None:
+                    raise bad(name, "is only used by smoothed_label_rate", value)
+            return
+        for name, value in params.items():
+            if value is None:
+                raise bad(name, "is required for smoothed_label_rate", None)
+        if isinstance(self.prior, bool) or not isinstance(self.prior, int | float) or not 0 <= self.prior <= 1:
+            raise bad("prior", "must be a number in [0, 1]", self.prior)
+        if (isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int | float)
+                or not 0 < self.smoothing < float("inf")):
+            raise bad("smoothing", "must be a positive number", self.smoothing)
+        if self.denominator not in LABEL_DENOMINATORS:
+            raise bad("denominator", f"must be one of {', '.join(LABEL_DENOMINATORS)}", self.denominator)
+        if self.window is not None or self.delay is not None:
+            raise bad("window", "and delay must be empty for smoothed_label_rate (it reads all history)",
+                      (self.window, self.delay))
+        if self.field is not None:
+            raise bad("field", "must be empty for smoothed_label_rate", self.field)
 
     def _validate_graph(self, bad: Any) -> None:
         """Graph features are the user's: no window or delay (the link rules are the set's ``graph``)."""
@@ -258,6 +322,9 @@ class FeatureDef:
         d["types"] = list(self.types) if self.types is not None else None
         d["where"] = [[k, list(v)] for k, v in self.where]
         d["inputs"] = list(self.inputs)
+        for k in ("prior", "smoothing", "denominator"):
+            if d[k] is None:
+                del d[k]  # absent unless used: the versions of sets without them stay as they were
         return d
 
     @classmethod

@@ -9,6 +9,10 @@ after a restart. Events are expected in non-decreasing ``ts`` order; a late even
 State per entity: a deque of ``(ts, value)`` with running count / sum / sum of squares (and a value
 counter for distinct counts) per window, the last / first time per filter, the last time each value was
 seen for new-value flags, and sorted timestamps plus known positives for label-delayed merchant risk.
+The all-history smoothed fraud rate keeps, per entity, the count of earlier events and the times from
+which each labelled event counts (``max(ts, labeled_at)``), matured into running counts as time passes;
+every event that a label may still reach stays findable by id (memory grows with the events learnt).
+An ``"attr:<key>"`` entity is read from the event's ``attrs`` as text, as the batch engine reads it.
 Ring (account-graph) features run through ``features.graph.RingFeatures``, the object the batch engine
 replays: computed in ``update``, learnt with the pending events, user and event labels via ``learn_label``.
 
@@ -37,6 +41,8 @@ from shopguard.events.schema import to_utc_naive
 from shopguard.features.batch import finish_stats
 from shopguard.features.definitions import AttrFeature, FeatureDef, FeatureSet, as_feature_set
 from shopguard.store import EventStore
+
+_ATTR_TEXT = AttrFeature("key", "categorical")  # attrs entities are read as text, like json_extract_string
 
 _EPOCH = datetime(1970, 1, 1)
 Value = float | str | None
@@ -117,14 +123,15 @@ class _Window:
 class _Spec:
     """One piece of state shared by every feature with the same entity, window, filter and field."""
 
-    def __init__(self, kind: str, d: FeatureDef) -> None:
-        self.kind = kind  # win | delayed | last | first | new | pos
+    def __init__(self, kind: str, d: FeatureDef, field: str | None = None) -> None:
+        self.kind = kind  # win | delayed | last | first | new | pos | rate
         self.entity = d.entity
         self.window = d.window_us
         self.delay = d.delay_us
         self.types = frozenset(d.types) if d.types is not None else None
         self.where = tuple((c, frozenset(a)) for c, a in d.where)
-        self.field = d.field if kind in ("win", "new") else None
+        self.field = (field or d.field) if kind in ("win", "new") else None
+        self.labelled = d.denominator == "labelled"  # rate: the denominator counts labelled events
         self.numeric = False
         self.distinct = False
         self.fid = 0  # index of this spec's filter among the engine's distinct filters
@@ -139,12 +146,14 @@ class _Spec:
         return True
 
 
-def _spec_key(kind: str, d: FeatureDef) -> tuple[Any, ...]:
+def _spec_key(kind: str, d: FeatureDef, field: str | None = None) -> tuple[Any, ...]:
     window = d.window_us if kind in ("win", "delayed", "new") else None
     delay = d.delay_us if kind in ("delayed", "pos") else 0
-    fld = d.field if kind in ("win", "new") else None
+    fld = (field or d.field) if kind in ("win", "new") else None
     if kind == "pos":
         window = d.window_us
+    if kind == "rate":
+        fld = d.denominator
     return (kind, d.entity, window, delay, d.types, d.where, fld)
 
 
@@ -172,25 +181,34 @@ class OnlineFeatureEngine:
             elif d.aggregate == "label_rate":
                 main = self._spec("delayed", d)
                 pos = self._spec("pos", d)
+            elif d.aggregate == "user_share":  # shares the state of the entity's distinct users
+                main = self._spec("win", d, field="user_id")
+                main.distinct = True
+            elif d.aggregate == "smoothed_label_rate":
+                main = self._spec("rate", d)
             self._plan.append((d, main, pos))
         # Compiled plan: features grouped by the state they read, so each state is evicted once per event.
-        groups: dict[int, tuple[_Spec, list[tuple[str, str, str | None, _Spec | None]]]] = {}
+        groups: dict[int, tuple[_Spec, list[tuple[str, str, str | None, Any]]]] = {}
         for d, main, pos in self._plan:
             if main is not None:
-                groups.setdefault(id(main), (main, []))[1].append((d.name, d.aggregate, d.field, pos))
+                # label_rate reads its positives' state; smoothed_label_rate its (m * prior, m).
+                extra = (float(d.smoothing) * float(d.prior), float(d.smoothing)) if main.kind == "rate" else pos  # type: ignore[arg-type]
+                groups.setdefault(id(main), (main, []))[1].append((d.name, d.aggregate, d.field, extra))
         self._groups = list(groups.values())
         # The same plan, flattened for ``_compute`` (the service's per-event hot path): per group its kind
         # as a small int and its features split by what they read, so the loop does no string tests.
         self._fast_groups: list[tuple[Any, ...]] = []
         for spec, feats in self._groups:
-            code = {"win": _WIN, "delayed": _DELAYED, "last": _SINCE, "first": _SINCE, "new": _NEW}[spec.kind]
+            code = {"win": _WIN, "delayed": _DELAYED, "last": _SINCE, "first": _SINCE, "new": _NEW,
+                    "rate": _RATE}[spec.kind]
             counts = tuple(n for n, agg, _f, _p in feats if agg == "count")
             distinct = tuple(n for n, agg, _f, _p in feats if agg == "distinct")
+            shares = tuple(n for n, agg, _f, _p in feats if agg == "user_share")
             stats = tuple((n, agg, f if agg in ("zscore", "ratio_to_mean", "deviation") else None)
-                          for n, agg, f, _p in feats if agg not in ("count", "distinct"))
+                          for n, agg, f, _p in feats if agg not in ("count", "distinct", "user_share"))
             rates = tuple((n, p) for n, agg, _f, p in feats if agg != "count")
             self._fast_groups.append((spec, spec.entity, code, spec.window, spec.numeric, counts, distinct, stats,
-                                      rates, tuple(n for n, *_ in feats)))
+                                      rates, tuple(n for n, *_ in feats), shares))
         self._current_defs = [d for d in self.feature_set.definitions if d.kind == "current"]
         self._derived = [(d.name, d.inputs[0], d.inputs[1]) for d in self.feature_set.definitions if d.kind == "derived"]
         self._attrs = self.feature_set.attrs
@@ -203,8 +221,12 @@ class OnlineFeatureEngine:
         learn_codes = {"win": _WIN, "delayed": _DELAYED, "last": _LAST, "first": _FIRST, "new": _NEW, "pos": _POS}
         self._learn_plan = [(spec, spec.entity, spec.fid, learn_codes[spec.kind], spec.field, spec.numeric,
                              spec.distinct, spec.window is not None) for spec in self._specs.values()
-                            if spec.kind != "pos"]  # positives are learnt by _learn_positive
+                            if spec.kind not in ("pos", "rate")]  # learnt by _learn_positive / _learn_rate
         self._pos_specs = [s for s in self._specs.values() if s.kind == "pos"]
+        self._rate_specs = [s for s in self._specs.values() if s.kind == "rate"]
+        # "attr:<key>" entities: (entity, attrs key), copied into the record as text by _attr_entities.
+        self._attr_entities = sorted({(d.entity, d.attr_key) for d in self.feature_set.definitions
+                                      if d.attr_key is not None and d.entity is not None})
         # Ring (account-graph) features: the same RingFeatures object the batch engine replays.
         self._rings: Any = None
         if self.feature_set.graph_definitions:
@@ -214,10 +236,10 @@ class OnlineFeatureEngine:
         self._lock = threading.RLock()  # the service may call from several threads
         self.reset()
 
-    def _spec(self, kind: str, d: FeatureDef) -> _Spec:
-        key = _spec_key(kind, d)
+    def _spec(self, kind: str, d: FeatureDef, field: str | None = None) -> _Spec:
+        key = _spec_key(kind, d, field)
         if key not in self._specs:
-            self._specs[key] = _Spec(kind, d)
+            self._specs[key] = _Spec(kind, d, field)
         return self._specs[key]
 
     # -- state ---------------------------------------------------------------------------------------
@@ -232,6 +254,12 @@ class OnlineFeatureEngine:
         self._pos_index: dict[str, tuple[int, str | None, list[tuple[_Spec, Any]]]] = {}
         self._order_events: dict[str, list[str]] = {}
         self._index_order: deque[tuple[int, str]] = deque()
+        # Smoothed label rates: earliest labeled_at of any label (positive known times: _event_known), and
+        # every learnt event a label may still reach: event_id -> [ts, order_id, [(spec, entity)], vp, vl].
+        self._event_labelled: dict[str, int] = {}
+        self._order_labelled: dict[str, int] = {}
+        self._rate_index: dict[str, list[Any]] = {}
+        self._rate_order_events: dict[str, list[str]] = {}
         if self._rings is not None:
             self._rings.reset()
         self.events_seen = 0
@@ -275,11 +303,14 @@ class OnlineFeatureEngine:
             k = ts_us(labeled_at, "labeled_at")
             with self._lock:
                 self._rings.add_label(entity_kind, str(entity_id), int(label), _as_dt(k))
-        if int(label) != 1 or entity_kind not in ("event", "order"):
+        if entity_kind not in ("event", "order"):
             return
         k = ts_us(labeled_at, "labeled_at")
         with self._lock:
-            self._learn_label(entity_kind, str(entity_id), k)
+            if int(label) == 1:
+                self._learn_label(entity_kind, str(entity_id), k)
+            if self._rate_specs:
+                self._learn_rate_label(entity_kind, str(entity_id), k)
 
     def _learn_label(self, entity_kind: str, entity_id: str, k: int) -> None:
         known = self._event_known if entity_kind == "event" else self._order_known
@@ -307,6 +338,8 @@ class OnlineFeatureEngine:
             for rec in frame.iter_rows(named=True):
                 t = ts_us(rec["ts"])
                 rec["__t"] = t
+                if self._attr_entities:
+                    self._read_attr_entities(rec)
                 if self._pending and self._pending[0][0] != t:
                     self.flush()
                 self._pending.append((t, rec))
@@ -320,7 +353,23 @@ class OnlineFeatureEngine:
             cols.update(c for c, _ in d.where)
         if self._rings is not None:
             cols.update(self._rings.needed_columns)
+        cols -= {e for e, _k in self._attr_entities}
+        if self._attr_entities:
+            cols.add("attrs")
         return cols
+
+    def _read_attr_entities(self, rec: dict[str, Any]) -> None:
+        """Copy the ``attrs`` keys used as entities into the record (as ``"attr:<key>"``, as text)."""
+        attrs = rec.get("attrs")
+        if isinstance(attrs, str):
+            try:
+                attrs = orjson.loads(attrs)
+            except orjson.JSONDecodeError:
+                attrs = None
+        if not isinstance(attrs, dict):
+            attrs = {}
+        for entity, key in self._attr_entities:
+            rec[entity] = _attr_value(_ATTR_TEXT, attrs.get(key), 0)
 
     def _normalise(self, record: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -333,6 +382,8 @@ class OnlineFeatureEngine:
             raise ValidationFailed(f"ts: {exc}", field="ts", value=record.get("ts")) from None
         rec = dict(record)
         rec["__t"] = t
+        if self._attr_entities:
+            self._read_attr_entities(rec)
         for f in self._numeric_fields:
             v = rec.get(f)
             if v is not None and not isinstance(v, float):
@@ -388,8 +439,62 @@ class OnlineFeatureEngine:
                         seen[v] = t
         if self._pos_specs:
             self._learn_positive(rec, t)
+        if self._rate_specs:
+            self._learn_rate(rec, t)
         if self._rings is not None:
             self._rings.learn(rec, _as_dt(t))
+
+    # -- smoothed label rates ------------------------------------------------------------------------
+    def _learn_rate(self, rec: dict[str, Any], t: int) -> None:
+        """Count the event for its entities' rates and keep it findable for labels that come later."""
+        targets = []
+        for spec in self._rate_specs:
+            ent = rec.get(spec.entity)  # type: ignore[arg-type]
+            if ent is None or not spec.matches(rec):
+                continue
+            st = spec.state.get(ent)
+            if st is None:
+                st = spec.state[ent] = [0, 0, [], 0, []]  # events, hits (matured, pending), labelled (...)
+            st[0] += 1
+            targets.append((spec, ent))
+        if not targets:
+            return
+        eid = str(rec.get("event_id"))
+        oid = rec.get("order_id")
+        entry = [t, oid, targets, None, None]
+        self._rate_index[eid] = entry
+        if oid:
+            self._rate_order_events.setdefault(oid, []).append(eid)
+        self._rate_update(entry, eid)
+
+    def _learn_rate_label(self, entity_kind: str, entity_id: str, k: int) -> None:
+        known = self._event_labelled if entity_kind == "event" else self._order_labelled
+        if entity_id not in known or k < known[entity_id]:
+            known[entity_id] = k
+        ids = [entity_id] if entity_kind == "event" else self._rate_order_events.get(entity_id, [])
+        for eid in ids:
+            entry = self._rate_index.get(eid)
+            if entry is not None:
+                self._rate_update(entry, eid)
+
+    def _rate_update(self, entry: list[Any], eid: str) -> None:
+        """(Re)place the times from which the event counts as a hit (vp) and as labelled (vl)."""
+        t, oid, targets, vp, vl = entry
+        pos = [k for k in (self._event_known.get(eid), self._order_known.get(oid) if oid else None) if k is not None]
+        lab = [k for k in (self._event_labelled.get(eid), self._order_labelled.get(oid) if oid else None)
+               if k is not None]
+        new_vp = max(t, min(pos)) if pos else None
+        new_vl = max(t, min(lab)) if lab else None
+        for spec, ent in targets:
+            st = spec.state[ent]
+            if new_vp is not None and (vp is None or new_vp < vp):
+                _move(st, 1, vp, new_vp)
+            if spec.labelled and new_vl is not None and (vl is None or new_vl < vl):
+                _move(st, 3, vl, new_vl)
+        if new_vp is not None and (vp is None or new_vp < vp):
+            entry[3] = new_vp
+        if new_vl is not None and (vl is None or new_vl < vl):
+            entry[4] = new_vl
 
     def _learn_positive(self, rec: dict[str, Any], t: int) -> None:
         targets = [(s, rec.get(s.entity)) for s in self._pos_specs  # type: ignore[arg-type]
@@ -432,7 +537,7 @@ class OnlineFeatureEngine:
         for d in self._current_defs:
             out[d.name] = _current(d, rec, t)
         get = rec.get
-        for spec, entity, code, window, numeric, counts, distinct, stats, rates, names in self._fast_groups:
+        for spec, entity, code, window, numeric, counts, distinct, stats, rates, names, shares in self._fast_groups:
             ent = get(entity)
             if ent is None:
                 continue  # features of an entity the event does not have stay missing
@@ -445,7 +550,7 @@ class OnlineFeatureEngine:
                         out[name] = 0.0
                     for name, agg, fld in stats:
                         out[name] = finish_stats(agg, 0, 0.0, 0.0, get(fld) if fld else None)
-                    continue
+                    continue  # shares stay missing: the entity has no events
                 if window is not None:
                     items = w.items
                     if items and items[0][0] < t - window:  # most events evict nothing: skip the call
@@ -462,6 +567,20 @@ class OnlineFeatureEngine:
                         out[name] = nd
                 for name, agg, fld in stats:
                     out[name] = finish_stats(agg, w.nv, w.s, w.s2, get(fld) if fld else None)
+                if shares:
+                    user = get("user_id")
+                    share = (w.counter.get(user, 0) / w.n if user is not None and w.n > 0  # type: ignore[union-attr]
+                             else None)
+                    for name in shares:
+                        out[name] = share
+            elif code == _RATE:
+                st = spec.state.get(ent)
+                hits = n = 0
+                if st is not None:
+                    hits = _matured(st, 1, t)
+                    n = _matured(st, 3, t) if spec.labelled else st[0]
+                for name, (mp, m) in rates:
+                    out[name] = (hits + mp) / (n + m)
             elif code == _DELAYED:
                 n = _delayed_count(spec, ent, t)
                 for name in counts:
@@ -501,7 +620,28 @@ class OnlineFeatureEngine:
         return out
 
 
-_WIN, _DELAYED, _SINCE, _NEW, _LAST, _FIRST, _POS = range(7)
+_WIN, _DELAYED, _SINCE, _NEW, _LAST, _FIRST, _POS, _RATE = range(8)
+
+
+def _matured(st: list[Any], i: int, t: int) -> int:
+    """Count at ``st[i]`` after maturing the pending times ``st[i + 1]`` before ``t`` (non-decreasing t)."""
+    pending = st[i + 1]
+    if pending and pending[0] < t:
+        j = bisect.bisect_left(pending, t)
+        st[i] += j
+        del pending[:j]
+    return st[i]  # type: ignore[no-any-return]
+
+
+def _move(st: list[Any], i: int, old: int | None, new: int) -> None:
+    """Replace a pending time ``old`` (if still pending) by ``new``; a matured one needs nothing: new < old."""
+    pending = st[i + 1]
+    if old is not None:
+        j = bisect.bisect_left(pending, old)
+        if j == len(pending) or pending[j] != old:
+            return  # matured already, and the earlier time would be too
+        del pending[j]
+    bisect.insort(pending, new)
 
 
 def _delayed_count(spec: _Spec, ent: Any, t: int) -> int:
