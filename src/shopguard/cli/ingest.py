@@ -39,7 +39,8 @@ def ingest(
 ) -> None:
     """Ingest a log into the store: valid rows kept, bad rows written with reasons to a rejects file.
 
-    Re-running adds nothing. Exits 0 when the source could be read, even with rejected rows.
+    Re-running adds nothing. Exits 0 when the source could be read, even with some rejected rows; exits 1
+    when every row was rejected (nothing could be stored).
     """
     pseudonymiser = (Pseudonymiser.from_env(key_env, required=True) if key_env else Pseudonymiser.from_settings())
     path = db_path(db)
@@ -71,13 +72,23 @@ def ingest(
         out.print_json(json.dumps(report.to_dict()))
     else:
         print_report(report, path)
+    if all_rejected(report):
+        where = f" (reasons in {report.rejects_path})" if report.rejects_path else ""
+        console.print(f"[bold red]error:[/] every row was rejected ({report.rows_rejected:,} of "
+                      f"{report.rows_read:,}); nothing was stored{where}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def all_rejected(report: IngestReport) -> bool:
+    """Rows were read and not one gave a valid event: the mapping or the file is wrong, not a few rows."""
+    return report.rows_read > 0 and report.events_valid == 0 and report.rows_rejected > 0
 
 
 def _ingest_jsonl_arg(arg: str, store: EventStore, rejects: Path | None, pseudonymiser: Pseudonymiser | None,
                       chunk_rows: int) -> IngestReport:
     batch = min(chunk_rows, 5_000)
     if arg == "-":
-        with progress() as prog:
+        with progress() as prog:  # the length of stdin is unknown: the bar counts the rows read
             task = prog.add_task("ingest stdin", total=None)
             return ingest_jsonl(sys.stdin.buffer, store, pseudonymiser=pseudonymiser, rejects_path=rejects,
                                 batch_size=batch, source="stdin", on_progress=lambda n: prog.advance(task, n))
@@ -85,9 +96,22 @@ def _ingest_jsonl_arg(arg: str, store: EventStore, rejects: Path | None, pseudon
     if not file.exists():
         raise NotFound(f"jsonl: file not found: {file}", field="jsonl", value=arg)
     with open(file, "rb") as fh, progress() as prog:
-        task = prog.add_task(f"ingest {file.name}", total=None)
+        task = prog.add_task(f"ingest {file.name}", total=_count_lines(file))
         return ingest_jsonl(fh, store, pseudonymiser=pseudonymiser, rejects_path=rejects, batch_size=batch,
                             source=file.stem, on_progress=lambda n: prog.advance(task, n))
+
+
+def _count_lines(file: Path) -> int | None:
+    """Lines of a JSONL file (one event each), to size the progress bar; None when it cannot be read."""
+    try:
+        n, last = 0, b"\n"
+        with open(file, "rb") as fh:
+            while block := fh.read(1 << 24):
+                n += block.count(b"\n")
+                last = block[-1:]
+        return n + (last != b"\n")
+    except OSError:
+        return None
 
 
 def print_report(report: IngestReport, db: Path) -> None:
@@ -99,7 +123,8 @@ def print_report(report: IngestReport, db: Path) -> None:
     rows = [
         ("rows read", f"{report.rows_read:,}"),
         ("events added", f"{report.events_added:,}"),
-        ("duplicates skipped (already stored)", f"{report.duplicates_skipped:,}"),
+        ("skipped: already stored", f"{report.already_stored:,}"),
+        ("skipped: repeated in this input", f"{report.duplicates_in_input:,}"),
         ("rows rejected", f"{report.rows_rejected:,}"),
         ("labels added", f"{report.labels_added:,} (read {report.labels_positive:,} positive, "
                          f"{report.labels_negative:,} negative)"),
@@ -111,8 +136,9 @@ def print_report(report: IngestReport, db: Path) -> None:
         t.add_row(k, v)
     out.print(t)
     if report.rejects_path:
-        fields = ", ".join(f"{f} {n:,}" for f, n in list(report.rejects_by_field.items())[:6])
-        out.print(f"[yellow]{report.problems:,} problems[/] ({fields}) written to [bold]{report.rejects_path}[/]")
+        fields = ", ".join(f"{f} {n:,}" for f, n in report.rejects_by_field.items())  # every field
+        out.print(f"[yellow]{report.problems:,} problems[/] by field: {fields}; written to "
+                  f"[bold]{report.rejects_path}[/]")
         for p in report.first_problems[:3]:
             where = f"{p['event']}." if p.get("event") else ""
             value = f" = {p['value']!r}" if p.get("value") is not None else ""

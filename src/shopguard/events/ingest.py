@@ -97,7 +97,9 @@ class IngestReport:
     rows_read: int = 0
     events_valid: int = 0
     events_added: int = 0
-    duplicates_skipped: int = 0
+    duplicates_skipped: int = 0  # valid events not added: already_stored + duplicates_in_input
+    already_stored: int = 0  # event ids the store held before this run
+    duplicates_in_input: int = 0  # repeats of an event id within this input
     rows_rejected: int = 0
     problems: int = 0
     labels_positive: int = 0
@@ -852,6 +854,7 @@ def ingest_source(
         raise ValidationFailed("chunk_rows must be at least 1", field="chunk_rows", value=chunk_rows)
     report = IngestReport(source=str(path), pseudonymised=pseudonymiser is not None,
                           key_id=pseudonymiser.key_id if pseudonymiser else None)
+    seen = _StoredBefore(store)
     rejects = RejectsWriter(Path(rejects_path) if rejects_path else default_rejects_path(store, mapping.source_name()))
     try:
         try:
@@ -869,7 +872,7 @@ def ingest_source(
             n_read = raw.height + malformed.height
             report.rows_read += n_read
             if raw.height:
-                _ingest_chunk(raw, ctx, store, report, rejects, label_event, malformed)
+                _ingest_chunk(raw, ctx, store, report, rejects, label_event, malformed, seen)
             else:
                 rejects.write(malformed)
             if on_progress is not None:
@@ -902,7 +905,8 @@ def _handle_read_errors(chunks: Iterator[tuple[pl.DataFrame, pl.DataFrame]],
 
 
 def _ingest_chunk(raw: pl.DataFrame, ctx: _Ctx, store: EventStore, report: IngestReport,
-                  rejects: RejectsWriter, label_event: str | None, malformed: pl.DataFrame) -> None:
+                  rejects: RejectsWriter, label_event: str | None, malformed: pl.DataFrame,
+                  seen: _StoredBefore | None = None) -> None:
     frames = []
     problems = [malformed]
     labels = None
@@ -917,6 +921,8 @@ def _ingest_chunk(raw: pl.DataFrame, ctx: _Ctx, store: EventStore, report: Inges
     rejects.write(pl.concat(problems))
     report.events_valid += events.height
     if events.height:
+        if seen is not None:
+            report.already_stored += seen.count(events["event_id"])
         report.events_added += store.append_events(events.drop(ROW))
     if labels is not None and labels.height:
         report.labels_positive += int(labels["label"].sum())
@@ -959,13 +965,14 @@ def ingest_jsonl(
     rejects = RejectsWriter(Path(rejects_path) if rejects_path else default_rejects_path(store, source))
     report = IngestReport(source=source, pseudonymised=pseudonymiser is not None,
                           key_id=pseudonymiser.key_id if pseudonymiser else None)
+    seen = _StoredBefore(store)
     try:
         for good, bad in _iter_jsonl_lines(lines, batch_size):
             rejects.write(bad)
             report.rows_read += bad.height
             if on_progress is not None and bad.height:
                 on_progress(bad.height)
-            _ingest_batch(good, store, pseudonymiser, rejects, report, on_progress)
+            _ingest_batch(good, store, pseudonymiser, rejects, report, on_progress, seen)
     finally:
         rejects.close()
     return _finish(report, rejects, started)
@@ -978,22 +985,24 @@ def _ingest_pairs(pairs: Iterable[tuple[int, Any]], store: EventStore, *, pseudo
     rejects = RejectsWriter(Path(rejects_path) if rejects_path else None)
     report = IngestReport(source=source, pseudonymised=pseudonymiser is not None,
                           key_id=pseudonymiser.key_id if pseudonymiser else None)
+    seen = _StoredBefore(store)
     try:
         batch: list[tuple[int, Any]] = []
         for pair in pairs:
             batch.append(pair)
             if len(batch) >= batch_size:
-                _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress)
+                _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen)
                 batch = []
         if batch:
-            _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress)
+            _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen)
     finally:
         rejects.close()
     return _finish(report, rejects, started)
 
 
 def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser: Pseudonymiser | None,
-                  rejects: RejectsWriter, report: IngestReport, on_progress: Callable[[int], None] | None) -> None:
+                  rejects: RejectsWriter, report: IngestReport, on_progress: Callable[[int], None] | None,
+                  seen: _StoredBefore | None = None) -> None:
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     for row, data in batch:
@@ -1014,13 +1023,42 @@ def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser
     report.rows_read += len(batch)
     report.events_valid += len(good)
     if good:
+        if seen is not None:
+            report.already_stored += seen.count(pl.Series("event_id", [r.get("event_id") for r in good],
+                                                          dtype=pl.Utf8))
         report.events_added += store.append_events(good)
     if on_progress is not None:
         on_progress(len(batch))
 
 
+class _StoredBefore:
+    """Counts the event ids of a batch the store already held when this ingestion started.
+
+    Tells "already stored" apart from a repeat inside the input (which ``append_events`` skips the same
+    way): rows this run added carry a later ``ingested_at``. Free when the store started empty.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.start: Any = None
+        if store.count_events():
+            self.start = store.query("SELECT current_timestamp::TIMESTAMP AS t")["t"][0]
+
+    def count(self, ids: pl.Series) -> int:
+        if self.start is None:
+            return 0
+        distinct = ids.drop_nulls().unique().to_list()
+        if not distinct:
+            return 0
+        hit = self.store.query("SELECT count(*) AS n FROM events WHERE event_id IN (SELECT unnest(?)) "
+                               "AND ingested_at < ?", [distinct, self.start])
+        return int(hit["n"][0])
+
+
 def _finish(report: IngestReport, rejects: RejectsWriter, started: float) -> IngestReport:
     report.duplicates_skipped = report.events_valid - report.events_added
+    report.already_stored = min(report.already_stored, report.duplicates_skipped)
+    report.duplicates_in_input = report.duplicates_skipped - report.already_stored
     report.problems = rejects.count
     report.rows_rejected = rejects.rows_rejected
     report.rejects_by_field = dict(sorted(rejects.by_field.items(), key=lambda kv: -kv[1]))
