@@ -19,12 +19,14 @@ import polars as pl
 from shopguard.errors import DataError, ValidationFailed
 from shopguard.evaluation import metrics as M
 from shopguard.evaluation.splits import (
+    MIN_POSITIVES,
     SplitConfig,
     TimeSplit,
     known_fraud_entities,
     make_split,
     remove_known_entities,
 )
+from shopguard.features.targets import label_counts
 from shopguard.models import DETECTORS, Detector
 from shopguard.models.base import needs_events
 from shopguard.models.bundle import ModelBundle
@@ -104,10 +106,50 @@ def _check_sequence_model(det: Detector, sp: TimeSplit) -> None:
                                f"{hint}", field="sequence_model", value=str(path))
 
 
-def _targets(store: EventStore, ids: pl.Series, known_before: datetime | None) -> pl.DataFrame:
+def _targets(store: EventStore, ids: pl.Series, known_before: datetime | None, unlabeled: Any = "auto") -> pl.DataFrame:
     from shopguard.features import event_targets
 
-    return event_targets(store, ids.to_list(), known_before=known_before)
+    return event_targets(store, ids.to_list(), known_before=known_before, unlabeled=unlabeled)
+
+
+def _rule(store: EventStore, unlabeled: str) -> Any:
+    from shopguard.features.targets import label_rule
+
+    return label_rule(store, unlabeled)
+
+
+def _bundle_rule(store: EventStore, bundle: ModelBundle, unlabeled: str | None) -> Any:
+    """The label rule to evaluate with: the one asked for, else the one the model was trained under."""
+    return _rule(store, unlabeled or (bundle.info.get("labels") or {}).get("unlabeled", "auto"))
+
+
+def labelled_rows(store: EventStore, rows: pl.DataFrame, rule: Any,
+                  known_before: datetime | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``rows`` and their targets, less the unlabelled events (under ``rule``): what metrics count."""
+    targets = _targets(store, rows["event_id"], known_before, rule)
+    keep = targets["labeled"]
+    if bool(keep.all()):
+        return rows, targets
+    return rows.filter(keep), targets.filter(keep)
+
+
+def split_for(store: EventStore, split: SplitConfig | None, rule: Any) -> tuple[TimeSplit, Any]:
+    """The split to train on: placed from the labels (``choose_split``) unless ``train_start`` pins it.
+
+    Returns the split and the ``SplitChoice`` (``None`` for a pinned split) with its counts and reasons.
+    """
+    from shopguard.evaluation.splits import choose_split
+    from shopguard.features import event_targets
+
+    cfg = split or SplitConfig()
+    first, last = store.time_range()
+    if first is None or last is None:
+        raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
+    if cfg.train_start is not None:
+        return make_split(first, last, cfg), None
+    targets = event_targets(store, unlabeled=rule, with_times=True)
+    choice = choose_split(first, last, targets, cfg)
+    return choice.split, choice
 
 
 def train(
@@ -124,6 +166,7 @@ def train(
     on_step: Step | None = None,
     evaluate_test: bool = True,
     feature_cache: dict[Any, pl.DataFrame] | None = None,
+    unlabeled: str = "auto",
 ) -> ModelBundle:
     """Fit ``detector`` on the store's training window and write a model directory to ``out_dir``.
 
@@ -131,15 +174,23 @@ def train(
     ``evaluate`` next, like ``shopguard demo``, scores the test window once instead of twice).
     ``feature_cache``: a dict shared by several ``train`` calls on the same store and split; the
     feature frame is computed once per (feature set, window, types).
+    ``unlabeled``: what events without a label row are (``features.targets``: auto, negative, ignore).
+    Split lengths left ``None`` in ``split`` are chosen from the labels (``evaluation.splits.choose_split``).
     """
     from shopguard.features import feature_set
 
     step = on_step or (lambda _m: None)
     det = make_detector(detector, params)
-    first, last = store.time_range()
-    if first is None or last is None:
-        raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
-    sp = make_split(first, last, split)
+    rule = _rule(store, unlabeled)
+    step("choosing the split")
+    sp, choice = split_for(store, split, rule)
+    if choice is not None and choice.too_few and det.supervised and choice.train_positives < MIN_POSITIVES:
+        raise DataError(
+            f"too few fraud labels for {det.name}: {choice.train_positives} positives known for the training "
+            f"window and {choice.test_positives} in the test window (at least {MIN_POSITIVES} each are needed "
+            f"for numbers that mean anything). Ingest more labels, pass --delay-days / --test-days to place "
+            f"the windows yourself, or train an unsupervised detector (--detector {UNSUPERVISED_HINT})",
+            field="labels", value=choice.train_positives)
     if needs_events(det):
         _check_sequence_model(det, sp)
     fs = feature_set(store, definitions, until=sp.train_end)
@@ -154,7 +205,16 @@ def train(
     train_rows = frame.filter(pl.col("ts") < sp.train_end)
     if train_rows.height == 0:
         raise DataError(f"no events in the training window {sp.train_start} .. {sp.train_end}", field="split")
-    targets = _targets(store, train_rows["event_id"], sp.label_cutoff)
+    targets = _targets(store, train_rows["event_id"], sp.label_cutoff, rule)
+    counts = label_counts(targets)
+    if det.supervised:
+        # Unlabelled events (under the ignore rule) are history for the features, never targets.
+        keep = targets["labeled"]
+        train_rows, targets = train_rows.filter(keep), targets.filter(keep)
+        if train_rows.height == 0:
+            raise DataError(f"no labelled events in the training window {sp.train_start} .. {sp.train_end} "
+                            f"({rule.reason})", field="labels")
+    labelled = targets["labeled"].to_numpy()
     y = targets["label"].to_numpy()
     fit_mask = (train_rows["ts"] < sp.validation_start).to_numpy()
     if fit_mask.sum() == 0 or (~fit_mask).sum() == 0:
@@ -184,9 +244,11 @@ def train(
         scorer = det.with_events(history)  # type: ignore[attr-defined]
     else:
         det.fit(X_fit, y[fit_mask] if det.supervised else None)
-    # Calibrate and choose thresholds on the later, unseen validation slice.
-    val = train_rows.filter(pl.Series(~fit_mask)) if (~fit_mask).any() else train_rows
-    y_val = y[~fit_mask] if (~fit_mask).any() else y
+    # Calibrate and choose thresholds on the later, unseen validation slice (its labelled events).
+    val_mask = ~fit_mask if (~fit_mask).any() else np.ones(train_rows.height, dtype=bool)
+    val_mask = val_mask & labelled if (val_mask & labelled).any() else val_mask
+    val = train_rows.filter(pl.Series(val_mask))
+    y_val = y[val_mask]
     step("calibrating")
     s_val = scorer.score(val)
     cal = Calibrator().fit(s_val, y_val if y_val.sum() > 0 else None)
@@ -200,7 +262,9 @@ def train(
         categorical=list(fs.categorical), split=sp.to_dict(),
         info={"train_events": int(X_fit.height), "train_positives": int(y[fit_mask].sum()),
               "validation_events": int(val.height), "validation_positives": int(y_val.sum()),
-              "types": list(types) if types else None, "label_cutoff": sp.label_cutoff.isoformat()},
+              "types": list(types) if types else None, "label_cutoff": sp.label_cutoff.isoformat(),
+              "labels": {**rule.to_dict(), "counts": counts},
+              "split_choice": choice.to_dict() if choice is not None else None},
     )
     metrics: dict[str, Any] = {}
     if y_val.sum() > 0 and (y_val == 0).any():
@@ -208,22 +272,26 @@ def train(
     test_rows = frame.filter(pl.col("ts") >= sp.test_start)
     if test_rows.height and evaluate_test:
         step("evaluating on the test window")
-        metrics["test"] = evaluate_frame(store, bundle, test_rows)
+        metrics["test"] = evaluate_frame(store, bundle, test_rows, unlabeled=rule)
     bundle.metrics = metrics
     bundle.save(out_dir)
     return bundle
 
 
 def evaluate_frame(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame, *, k: int = 100,
-                   max_fpr: float = 0.01, remove_known: bool = True) -> dict[str, Any]:
-    """Metrics of ``bundle`` on feature rows: eventual labels, known-fraud users removed per day."""
+                   max_fpr: float = 0.01, remove_known: bool = True, unlabeled: Any = None) -> dict[str, Any]:
+    """Metrics of ``bundle`` on feature rows: eventual labels, known-fraud users removed per day, unlabelled
+    events (under the model's label rule, or ``unlabeled``) left out."""
     before = rows.height
     if remove_known:
         rows = drop_known_fraud(store, rows)
+    rule = unlabeled if unlabeled is not None and not isinstance(unlabeled, str) else \
+        _bundle_rule(store, bundle, unlabeled)
+    all_rows = rows.height
+    rows, targets = labelled_rows(store, rows, rule)
     if rows.height == 0:
-        return {"events": 0, "removed_known_fraud_events": before}
+        return {"events": 0, "removed_known_fraud_events": before - all_rows, "unlabeled_events": all_rows}
     bundle = bind_events(store, bundle, rows)
-    targets = _targets(store, rows["event_id"], None)
     y = targets["label"].to_numpy()
     scores = bundle.score(rows)
     probs = bundle.calibrator.transform(scores)
@@ -241,7 +309,8 @@ def evaluate_frame(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame, *
     at_thr = M.scenario_recall(targets["scenario"].to_list(), y, probs, thr)
     for name, v in out.get("scenarios", {}).items():
         v["recall_at_threshold"] = at_thr.get(name, {}).get("recall", float("nan"))
-    out["removed_known_fraud_events"] = before - rows.height
+    out["removed_known_fraud_events"] = before - all_rows
+    out["unlabeled_events"] = all_rows - rows.height
     out["window"] = {"start": rows["ts"].min().isoformat(), "end": rows["ts"].max().isoformat()}
     return out
 
@@ -256,9 +325,11 @@ def drop_known_fraud(store: EventStore, rows: pl.DataFrame, entity_col: str = "u
     return remove_known_entities(rows, known_fraud_entities(labels, ev, entity_col), (entity_col,))
 
 
-def evaluation_data(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Labels, scores and scenarios of evaluated rows (for the report's plots)."""
-    targets = _targets(store, rows["event_id"], None)
+def evaluation_data(store: EventStore, bundle: ModelBundle, rows: pl.DataFrame,
+                    unlabeled: Any = None) -> dict[str, np.ndarray]:
+    """Labels, scores and scenarios of evaluated rows (for the report's plots), unlabelled rows left out."""
+    rows, targets = labelled_rows(store, rows, unlabeled if unlabeled is not None and not isinstance(unlabeled, str)
+                                  else _bundle_rule(store, bundle, unlabeled))
     bundle = bind_events(store, bundle, rows)
     return {"y": targets["label"].to_numpy(), "scores": bundle.score(rows),
             "scenarios": np.asarray(targets["scenario"].fill_null("").to_list(), dtype=object)}
@@ -275,6 +346,7 @@ def evaluate(
     k: int = 100,
     on_step: Step | None = None,
     extra_results: Sequence[dict[str, Any]] = (),
+    unlabeled: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one or more model directories on a window (default: the first model's test window).
 
@@ -306,14 +378,20 @@ def evaluate(
             raise DataError(f"no events to evaluate between {start} and {end}", field="since")
         before = rows.height
         kept = drop_known_fraud(store, rows)
+        removed = before - kept.height
+        rule = _bundle_rule(store, b, unlabeled)
+        unknown = kept.height
+        kept, _ = labelled_rows(store, kept, rule)
         step(f"scoring {kept.height:,} events")
         b = bind_events(store, b, kept) if kept.height else b  # histories loaded once for both passes
-        m = evaluate_frame(store, b, kept, k=k, remove_known=False)
-        m["removed_known_fraud_events"] = before - kept.height
+        m = evaluate_frame(store, b, kept, k=k, remove_known=False, unlabeled=rule)
+        m["removed_known_fraud_events"] = removed
+        m["unlabeled_events"] = unknown - kept.height
+        m["label_rule"] = rule.to_dict()
         results.append({"model_version": b.model_version, "detector": b.detector.name,
                         "supervised": b.detector.supervised, "metrics": m,
                         "policy": b.policy.model_dump(mode="json"), "split": b.split,
-                        "data": evaluation_data(store, b, kept) if kept.height else None})
+                        "data": evaluation_data(store, b, kept, rule) if kept.height else None})
     results.extend(extra_results)
     report = build_report(results, window={"start": start.isoformat() if start else None,
                                            "end": end.isoformat() if end else None}, db=store.path)
@@ -391,12 +469,10 @@ def train_text(
 
     step = on_step or (lambda _m: None)
     cfg = split or SplitConfig()
-    first, last = store.time_range()
-    if first is None or last is None:
-        raise DataError("the store has no events: run `shopguard simulate` or `shopguard ingest` first", field="db")
-    sp = make_split(first, last, cfg)
+    sp, choice = split_for(store, cfg, _rule(store, "auto"))
+    delay_days = choice.delay_days if choice is not None else (7.0 if cfg.delay_days is None else cfg.delay_days)
     step("fitting the text model (reviews, chats)")
-    model = fit_text_model(store, until=sp.test_start, **{"label_delay_days": cfg.delay_days, **(params or {})})
+    model = fit_text_model(store, until=sp.test_start, **{"label_delay_days": delay_days, **(params or {})})
     model.save(out_dir, metadata={"split": sp.model_dump(mode="json")})
     step("scoring the test window")
     scored = score_text_events(store, model, since=sp.test_start, until=sp.test_end)

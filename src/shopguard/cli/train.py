@@ -49,8 +49,15 @@ def train(
                                                                "needs --sequence-model), or text (review/chat text "
                                                                "model, for `score --text-model`).")] = "lightgbm",
     train_days: Annotated[float | None, typer.Option("--train-days", help="Training window (days); default all.")] = None,
-    delay_days: Annotated[float, typer.Option("--delay-days", help="Label-delay gap before the test window.")] = 7.0,
-    test_days: Annotated[float, typer.Option("--test-days", help="Held-out test window at the end.")] = 7.0,
+    delay_days: Annotated[float | None, typer.Option(
+        "--delay-days", help="Label-delay gap before the test window; default: from the labels (90% of fraud "
+        "labels known within it).")] = None,
+    test_days: Annotated[float | None, typer.Option(
+        "--test-days", help="Held-out test window at the end; default: about the last quarter of the labelled "
+        "events, with at least 30 positives in train and test where the data allows.")] = None,
+    unlabeled: Annotated[str, typer.Option(
+        "--unlabeled", help="What events without a label row are: auto (unlabelled when the store holds explicit "
+        "negative labels, else legitimate), negative, or ignore (neither trained nor evaluated on).")] = "auto",
     train_start: Annotated[datetime | None, typer.Option("--train-start", help="Start of training (ISO).")] = None,
     target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate of the high threshold.")] = 0.01,
     alert_rate: Annotated[float | None, typer.Option("--alert-rate", help="Alert budget as a share of events "
@@ -86,8 +93,9 @@ def train(
     with open_existing(db) as store, progress(transient=True) as prog:
         task = prog.add_task("training", total=None)
         bundle = run_train(store, out_dir, detector=detector, params=hyper, split=split,
-                           target_fpr=target_fpr, alert_rate=alert_rate,
+                           target_fpr=target_fpr, alert_rate=alert_rate, unlabeled=unlabeled,
                            on_step=lambda m: prog.update(task, description=m))
+    print_split(bundle.info, bundle.split)
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
     if export and needs_events(bundle.detector):
@@ -117,6 +125,27 @@ def _train_text(db: Path | None, out_dir: Path, split: SplitConfig, params: dict
         m = metrics[etype]
         t.add_row(str(m["events"]), etype, str(m["positives"]), _f(m.get("roc_auc")), _f(m.get("average_precision")))
     out.print(t)
+
+
+def print_split(info: dict, split: dict) -> None:
+    """Which label rule applied, how many events each class holds, and the split with its reasons."""
+    labels = info.get("labels") or {}
+    if labels:
+        out.print(f"labels: {labels.get('reason', '')}")
+        c = labels.get("counts") or {}
+        out.print(f"  training window: {c.get('positive', 0):,} fraud, {c.get('negative', 0):,} legitimate, "
+                  f"{c.get('unlabeled', 0):,} unlabelled (history only)")
+    choice = info.get("split_choice")
+    out.print(f"split: train {split.get('train_start', '?')[:16]} .. {split.get('train_end', '?')[:16]}, "
+              f"test {split.get('test_start', '?')[:16]} .. {split.get('test_end', '?')[:16]}")
+    if choice:
+        for reason in choice.get("reasons", []):
+            out.print(f"  {reason}")
+        out.print(f"  positives: {choice['train_positives']:,} known for training, {choice['test_positives']:,} in "
+                  f"the test window")
+        if choice.get("too_few"):
+            out.print("[yellow]  warning: fewer than 30 positives in the train or test window: the test metrics "
+                      "below are very uncertain[/]")
 
 
 def print_metrics(m: dict, title: str) -> None:
