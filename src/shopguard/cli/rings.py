@@ -6,6 +6,8 @@ import json
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from shopguard.cli.common import DbOption, db_path, handle_errors, out, progress
@@ -42,13 +44,22 @@ def rings(
     if not found:
         out.print(f"no rings of {min_size}+ linked accounts among {len(index.users):,} users")
         return
-    t = Table(title=f"Riskiest rings ({len(found)} of {len(index.components()):,}, {len(index.users):,} users)")
-    for c in ("#", "risk", "accounts", "known fraud", "linked by", "shared values", "members"):
-        t.add_column(c, justify="right" if c in ("#", "risk", "accounts", "known fraud") else "left",
-                     overflow="fold")
+    print_rings(found, total=len(index.components()), users=len(index.users))
+
+
+def print_rings(found: list[dict], *, total: int, users: int) -> None:
+    """One row per ring; what links it and its members in one wrapped column, so it fits 80 columns."""
+    t = Table(title=f"Riskiest rings ({len(found)} of {total:,}, {users:,} users)", box=box.SIMPLE_HEAD,
+              padding=(0, 1, 0, 0), show_edge=False)
+    for c in ("#", "risk", "accts", "fraud"):
+        t.add_column(c, justify="right", no_wrap=True)
+    t.add_column("linked by / shared values / members", overflow="fold", ratio=1)
     for i, r in enumerate(found, 1):
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(r["link_kinds"].items(), key=lambda kv: -kv[1]) if n)
-        shared = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in r["shared_values"].items() if v)
-        members = ", ".join(r["members"][:8]) + (f" (+{r['size'] - 8})" if r["size"] > 8 else "")
-        t.add_row(str(i), f"{r['risk']:.2f}", str(r["size"]), str(r["known_fraud"]), kinds, shared, members)
+        shared = "; ".join(f"{k}: {', '.join(v[:2])}" for k, v in r["shared_values"].items() if v)
+        members = ", ".join(r["members"][:6]) + (f" (+{r['size'] - 6})" if r["size"] > 6 else "")
+        t.add_row(str(i), f"{r['risk']:.2f}", str(r["size"]), str(r["known_fraud"]),
+                  f"{kinds}\n[dim]{escape(shared)}[/]\n{escape(members)}")
+        if i < len(found):
+            t.add_row("", "", "", "", "")
     out.print(t)
