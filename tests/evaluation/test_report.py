@@ -36,3 +36,31 @@ def test_report_files(tmp_path: Path) -> None:
     assert html.count("data:image/png;base64,") == 3  # curves, histograms, scenarios
     assert "card_testing" in html and "brushing" in html
     assert "<script" not in html and "http" not in html
+
+
+def test_report_lists_warnings_with_their_model(tmp_path: Path) -> None:
+    good, weak = _result("lightgbm", 0), _result("ecod", 1)
+    rng = np.random.default_rng(5)
+    y = (rng.random(60) < 0.2).astype(int)
+    weak["metrics"] = M.summary(y, -y + rng.normal(size=60) * 0.1)  # tiny, few fraud, inverted
+    weak["data"] = {"y": y, "scores": -y.astype(float), "scenarios": np.array([""] * 60, dtype=object)}
+    # Training-time findings travel with the model; its old test-window ones are recomputed here.
+    good["warnings"] = [{"code": "label_leak", "severity": "warning", "message": "feature 'x' leaks",
+                         "value": {"feature": "x", "auc": 1.0}, "window": "train"},
+                        {"code": "tiny_window", "severity": "warning", "message": "old", "value": 3,
+                         "window": "test"}]
+    good["info"] = {"train_events": 1000, "train_positives": 10}  # 1% in training vs ~10% in the window
+    report = build_report([good, weak], window={"start": "2024-01-01", "end": "2024-01-08"})
+    got = {(w["detector"], w["code"]) for w in report["warnings"]}
+    assert got == {("lightgbm", "label_leak"), ("lightgbm", "positive_rate_shift"), ("ecod", "tiny_window"),
+                   ("ecod", "few_positives"), ("ecod", "auc_below_chance")}
+    assert all(w["model"] and w["message"] for w in report["warnings"])
+    assert "warnings" not in report["models"][0]
+    write_json(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"] == report["warnings"]
+    write_html(report, [good, weak], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Warnings</h2>" in page and "label_leak" in page and "worse than chance" in page
+    # ROC-AUC shown with its interval.
+    lo, hi = good["metrics"]["roc_auc_ci"]
+    assert f"{good['metrics']['roc_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in page
