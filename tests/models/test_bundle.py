@@ -50,7 +50,7 @@ def test_round_trip_and_decide(bundle: ModelBundle, frame: tuple[pl.DataFrame, n
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["detector"] == "lightgbm" and manifest["feature_set_version"] == FeatureSet().version
     assert manifest["metrics"]["test"]["nan"] is None  # strict JSON
-    assert {"detector/detector.json", "calibrator.joblib", "policy.json"} <= set(manifest["files"])
+    assert {"detector/detector.json", "calibrator.json", "policy.json"} <= set(manifest["files"])
     loaded = ModelBundle.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.score(df), bundle.score(df))
     assert loaded.model_version == bundle.model_version and loaded.policy == bundle.policy
@@ -70,7 +70,7 @@ def test_refuses_corrupted_or_foreign_dirs(bundle: ModelBundle, tmp_path: Path) 
     with pytest.raises(ModelError, match="checksum"):
         ModelBundle.load(d)
     d = bundle.save(tmp_path / "m3")
-    (d / "calibrator.joblib").unlink()
+    (d / "calibrator.json").unlink()
     with pytest.raises(ModelError, match="missing"):
         ModelBundle.load(d)
     d = bundle.save(tmp_path / "m4")

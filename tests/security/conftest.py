@@ -58,3 +58,47 @@ def running(tmp_path: Path, **overrides: Any) -> Iterator[tuple[TestClient, dict
 def svc(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
     with running(tmp_path) as s:
         yield s
+
+
+def small_bundle(folder: Path, *, detector: str = "lightgbm", platt: bool = False) -> Path:
+    """A tiny real model folder (LightGBM or HBOS on three feature columns), saved with checksums."""
+    import numpy as np
+    import polars as pl
+
+    from shopguard.decision import Policy
+    from shopguard.features import FeatureSet
+    from shopguard.models import LightGBMDetector
+    from shopguard.models.bundle import ModelBundle
+    from shopguard.models.calibration import Calibrator
+    from shopguard.models.unsupervised import HBOSDetector
+
+    rng = np.random.default_rng(0)
+    n = 900
+    y = (rng.random(n) < (0.02 if platt else 0.08)).astype(int)
+    cols = ["amount", "card_failed_payments_10m", "hour"]
+    df = pl.DataFrame({
+        "event_id": [f"e{i}" for i in range(n)],
+        "amount": rng.lognormal(3, 0.5, n) * np.where(y == 1, 8, 1),
+        "card_failed_payments_10m": rng.poisson(np.where(y == 1, 6, 0.1)).astype(float),
+        "hour": rng.integers(0, 24, n).astype(float),
+    })
+    det = (LightGBMDetector(n_estimators=20, features=cols) if detector == "lightgbm"
+           else HBOSDetector(features=cols)).fit(df[:600], y[:600])
+    s = det.score(df[600:])
+    cal = Calibrator().fit(s, y[600:])
+    pol = Policy.choose(cal.transform(s), y[600:], target_fpr=0.01)
+    b = ModelBundle(detector=det, calibrator=cal, policy=pol, feature_set=FeatureSet(), columns=cols,
+                    split={"train_start": "2024-01-01T00:00:00", "train_end": "2024-01-08T00:00:00"})
+    return b.save(folder)
+
+
+def reseal(folder: Path) -> None:
+    """What an attacker does after editing a model folder: recompute every checksum in the manifest."""
+    import json
+
+    from shopguard.models.bundle import _sha256
+
+    m = json.loads((folder / "manifest.json").read_text())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    m["files"] = {str(p.relative_to(folder)): _sha256(p) for p in files}
+    (folder / "manifest.json").write_text(json.dumps(m))

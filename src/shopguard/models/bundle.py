@@ -6,11 +6,17 @@
       manifest.json      format, model version, detector, feature set (+ version), training window,
                          calibration, metrics, sha256 of every other file
       detector/          the fitted detector (``Detector.save``)
-      calibrator.joblib  score -> probability
+      calibrator.json    score -> probability (plain numbers: loading it runs no code)
       policy.json        thresholds and actions (``decision.Policy``)
 
 ``ModelBundle.load`` refuses a directory whose files changed since it was written, whose format is
-newer than this code, or whose feature set the current feature engine cannot reproduce.
+newer than this code, or whose feature set the current feature engine cannot reproduce. A manifest's
+checksums sit beside the files, so they catch corruption, not an attacker who re-seals a folder: nothing
+in a model folder may therefore run code when loaded. The calibrator is JSON; a folder still holding
+the pickled ``calibrator.joblib`` of older versions is refused (retrain it); the detector's own state
+files that are still pickles (``detector/state.joblib``) are first read by an unpickler that only builds
+allow-listed classes of numpy, scipy, scikit-learn, LightGBM, PyOD and shopguard's model modules and
+never calls any other function (``check_pickle``), and the detector class must be a shopguard one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import polars as pl
 
@@ -40,7 +45,9 @@ FORMAT = "shopguard-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DETECTOR_DIR = "detector"
-CALIBRATOR_FILE = "calibrator.joblib"
+CALIBRATOR_FILE = "calibrator.json"
+LEGACY_CALIBRATOR_FILE = "calibrator.joblib"  # a pickle: refused on load
+DETECTOR_MODULES = ("shopguard.models.",)  # a detector class must live here (no foreign imports at load)
 POLICY_FILE = "policy.json"
 
 
@@ -139,7 +146,8 @@ class ModelBundle:
         fs_dict = self.feature_set.to_dict() if self.feature_set is not None else None
         self.detector.save(folder / DETECTOR_DIR, metadata={
             "feature_version": fs_dict["version"] if fs_dict else None, "columns": self.columns})
-        joblib.dump(self.calibrator, folder / CALIBRATOR_FILE)
+        (folder / LEGACY_CALIBRATOR_FILE).unlink(missing_ok=True)
+        self.calibrator.save_json(folder / CALIBRATOR_FILE)
         (folder / POLICY_FILE).write_text(self.policy.model_dump_json(indent=2))
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
         checksums = {str(p.relative_to(folder)): _sha256(p) for p in files}
@@ -210,18 +218,93 @@ class ModelBundle:
             except (ConfigError, TypeError, KeyError, ValueError) as exc:
                 raise ModelError(f"the model's feature set cannot be reproduced by this shopguard ({exc}); retrain "
                                  "the model", field="feature_set", value=manifest.get("feature_set_version")) from exc
+        if (folder / LEGACY_CALIBRATOR_FILE).exists() or not (folder / CALIBRATOR_FILE).exists():
+            raise ModelError(f"model at {folder} keeps its calibrator as a pickle ({LEGACY_CALIBRATOR_FILE}), which "
+                             "could run code when loaded, or has none: retrain it with this shopguard "
+                             "(`shopguard train --out DIR`)", field="calibrator", value=str(folder))
+        check_detector_folder(folder / DETECTOR_DIR)
         detector = load_detector(folder / DETECTOR_DIR)
+        calibrator = Calibrator.load_json(folder / CALIBRATOR_FILE)
         try:
-            calibrator = joblib.load(folder / CALIBRATOR_FILE)
             policy = Policy.model_validate_json((folder / POLICY_FILE).read_text())
         except Exception as exc:
-            raise ModelError(f"model at {folder} is unreadable: {exc}", field="model", value=str(folder)) from exc
+            raise ModelError(f"model at {folder}: {POLICY_FILE} is invalid: {str(exc)[:300]}", field="policy",
+                             value=str(folder)) from None
         return cls(
             detector=detector, calibrator=calibrator, policy=policy, feature_set=feature_set,
             columns=list(manifest.get("columns", [])), categorical=list(manifest.get("categorical", [])),
             split=manifest.get("split", {}), metrics=manifest.get("metrics", {}), info=manifest.get("info", {}),
             model_version=manifest.get("model_version", ""), created_at=manifest.get("created_at", ""), path=folder,
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pickles in model folders: only allow-listed classes are ever built, no other function is ever called
+# ---------------------------------------------------------------------------------------------------
+_PICKLE_FUNCTIONS = frozenset({
+    ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+})
+_PICKLE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "object", "slice", "complex", "bytearray",
+                              "range", "int", "float", "str", "bytes", "bool"})
+_PICKLE_CLASS_MODULES = ("numpy", "scipy", "sklearn", "lightgbm", "pyod", "collections", "joblib.numpy_pickle",
+                         "shopguard.models", "shopguard.features")
+
+
+def _allowed_module(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in _PICKLE_CLASS_MODULES)
+
+
+def check_pickle(path: Path) -> None:
+    """Read a joblib/pickle file with an unpickler that refuses every global but allow-listed classes and
+    a few numpy/copyreg reconstructors; ModelError naming the offending global otherwise. Nothing it
+    refuses is ever imported or called."""
+    from joblib import numpy_pickle as jnp
+
+    class _Guarded(jnp.NumpyUnpickler):  # type: ignore[misc, name-defined]
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _PICKLE_FUNCTIONS:
+                return super().find_class(module, name)
+            if module == "builtins" and name in _PICKLE_BUILTINS:
+                return super().find_class(module, name)
+            if _allowed_module(module) and "." not in name and not name.startswith("__"):
+                obj = super().find_class(module, name)
+                if isinstance(obj, type) and not issubclass(obj, np.memmap):
+                    return obj
+            raise ModelError(f"{path} asks to load {module}.{name}, which a model file may not contain: the "
+                             "folder was tampered with or comes from elsewhere; retrain or restore it",
+                             field="model", value=str(path))
+
+    try:
+        with path.open("rb") as fh, jnp._validate_fileobject_and_memmap(fh, str(path), None) as (fobj, _mm):
+            if isinstance(fobj, str):  # joblib < 0.10 format
+                raise ModelError(f"{path} uses an obsolete pickle format: retrain the model", field="model")
+            _Guarded(str(path), fobj, True, mmap_mode=None).load()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path} is unreadable: {str(exc)[:300]}", field="model", value=str(path)) from None
+
+
+def check_detector_folder(folder: Path) -> None:
+    """Before ``load_detector`` runs: the detector class is a shopguard one and its pickles are safe."""
+    meta_file = folder / "detector.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        cls_path = str(meta["class"])
+    except Exception as exc:
+        raise ModelError(f"detector at {folder} is unreadable: {str(exc)[:200]}", field="model",
+                         value=str(folder)) from None
+    if not cls_path.startswith(DETECTOR_MODULES):
+        raise ModelError(f"detector class {cls_path!r} is not a shopguard detector: refused", field="model",
+                         value=cls_path)
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix in (".joblib", ".pkl", ".pickle"):
+            check_pickle(p)
 
 
 def seal_files(path: str | Path, subfolder: str) -> int:

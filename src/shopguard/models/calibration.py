@@ -9,6 +9,8 @@ says so (``kind == "percentile"``), and thresholds are read as alert shares rath
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -80,13 +82,93 @@ class Calibrator:
             # ties so thresholds can still separate events inside a block (calibration moves <= 0.001).
             # np.interp over the fitted breakpoints is what IsotonicRegression(out_of_bounds="clip")
             # computes, without sklearn's per-call validation (~0.3 ms for one event in the service).
-            iso = np.interp(s, self.model_.X_thresholds_, self.model_.y_thresholds_)
+            xs, ys = self._iso_points()
+            iso = np.interp(s, xs, ys)
             return (1 - _TIE_BREAK) * iso + _TIE_BREAK * self._percentile(s)
         if self.kind_ == "platt":
             # The logistic by hand: predict_proba's input checks cost ~0.6 ms for a single event.
-            z = self._platt_x(s).reshape(-1) * float(self.model_.coef_[0, 0]) + float(self.model_.intercept_[0])
+            coef, intercept = self._platt_params()
+            z = self._platt_x(s).reshape(-1) * coef + intercept
             return 1.0 / (1.0 + np.exp(-z))
         return self._percentile(s)
+
+    def _iso_points(self) -> tuple[np.ndarray, np.ndarray]:
+        pts = getattr(self, "iso_points_", None)
+        if pts is None:
+            pts = self.iso_points_ = (np.asarray(self.model_.X_thresholds_, dtype=np.float64),
+                                      np.asarray(self.model_.y_thresholds_, dtype=np.float64))
+        return pts
+
+    def _platt_params(self) -> tuple[float, float]:
+        pp = getattr(self, "platt_params_", None)
+        if pp is None:
+            pp = self.platt_params_ = (float(self.model_.coef_[0, 0]), float(self.model_.intercept_[0]))
+        return pp
+
+    # -- persistence: plain JSON (a pickle in a model folder could run code when loaded) ----------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything ``transform`` needs, as JSON-able numbers (no sklearn objects)."""
+        if not hasattr(self, "kind_"):
+            raise ModelError("Calibrator is not fitted: call fit() first")
+        out: dict[str, Any] = {"format": "shopguard-calibrator", "version": 1, "kind": self.kind_,
+                               "method": self.method, "min_isotonic_positives": self.min_isotonic_positives,
+                               "reference": [float(x) for x in self.reference_]}
+        if self.kind_ == "isotonic":
+            xs, ys = self._iso_points()
+            out["isotonic"] = {"x": [float(x) for x in xs], "y": [float(y) for y in ys]}
+        elif self.kind_ == "platt":
+            coef, intercept = self._platt_params()
+            self._platt_x(np.zeros(1))  # fixes the standardisation stats
+            mu, sd = self._platt_stats  # type: ignore[misc]
+            out["platt"] = {"coef": coef, "intercept": intercept, "mean": mu, "std": sd}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibrator:
+        """A fitted calibrator from ``to_dict``'s output; ModelError when anything is missing or not finite."""
+        try:
+            if not isinstance(data, dict) or data.get("format") != "shopguard-calibrator":
+                raise ValueError("not a shopguard calibrator")
+            kind = data["kind"]
+            if kind not in ("isotonic", "platt", "percentile"):
+                raise ValueError(f"unknown calibration kind {kind!r}")
+            cal = cls(method=data.get("method", "auto"), min_isotonic_positives=int(data.get("min_isotonic_positives", 50)))
+            ref = _finite_array(data["reference"], "reference")
+            if ref.size == 0:
+                raise ValueError("empty reference")
+            cal.kind_ = kind
+            cal.reference_ = np.sort(ref)
+            cal._platt_stats = None
+            cal.model_ = None
+            if kind == "isotonic":
+                xs = _finite_array(data["isotonic"]["x"], "isotonic.x")
+                ys = _finite_array(data["isotonic"]["y"], "isotonic.y")
+                if xs.size == 0 or xs.size != ys.size or np.any(np.diff(xs) < 0):
+                    raise ValueError("isotonic breakpoints malformed")
+                cal.iso_points_ = (xs, ys)
+            elif kind == "platt":
+                p = data["platt"]
+                vals = [float(p[k]) for k in ("coef", "intercept", "mean", "std")]
+                if not all(np.isfinite(vals)) or vals[3] <= 0:
+                    raise ValueError("platt parameters not finite")
+                cal.platt_params_ = (vals[0], vals[1])
+                cal._platt_stats = (vals[2], vals[3])
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"calibrator is malformed: {exc}", field="calibrator") from None
+        return cal
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> Calibrator:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"calibrator {path} is unreadable: {exc}", field="calibrator", value=str(path)) from None
+        return cls.from_dict(data)
 
     def _percentile(self, s: np.ndarray) -> np.ndarray:
         ref = self.reference_
@@ -95,3 +177,10 @@ class Calibrator:
     @property
     def is_probability(self) -> bool:
         return getattr(self, "kind_", None) in ("isotonic", "platt")
+
+
+def _finite_array(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds non-finite numbers")
+    return arr

@@ -1,0 +1,102 @@
+"""D9: a model folder must never run code when loaded, even when its manifest was re-sealed."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from shopguard.errors import ModelError
+from shopguard.models.bundle import ModelBundle
+from shopguard.models.calibration import Calibrator
+from tests.security.conftest import reseal, small_bundle
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.marker), "w"))  # creating the file proves code ran
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_bundle(tmp_path_factory.mktemp("m") / "model")
+
+
+def _copy(model: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(model, dst))
+
+
+def test_d9_the_calibrator_is_json_and_round_trips(model: Path) -> None:
+    assert (model / "calibrator.json").exists() and not (model / "calibrator.joblib").exists()
+    data = json.loads((model / "calibrator.json").read_text())
+    assert data["kind"] in ("isotonic", "platt", "percentile")
+    b = ModelBundle.load(model)
+    s = np.linspace(-5, 5, 50)
+    assert np.all(np.diff(b.calibrator.transform(s)) >= -1e-12)
+
+
+@pytest.mark.parametrize("kind", ["isotonic", "platt", "percentile"])
+def test_d9_json_calibrator_matches_the_fitted_one(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-3 * s))).astype(int)
+    cal = Calibrator(method=kind).fit(s, None if kind == "percentile" else y)
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    probe = np.linspace(-4, 4, 101)
+    np.testing.assert_allclose(back.transform(probe), cal.transform(probe), rtol=0, atol=1e-12)
+
+
+def test_d9_a_pickled_calibrator_is_refused_without_running_it(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "evil")
+    marker = tmp_path / "pwned"
+    (d / "calibrator.json").unlink()
+    joblib.dump(_Evil(marker), d / "calibrator.joblib")
+    reseal(d)
+    with pytest.raises(ModelError, match="retrain"):
+        ModelBundle.load(d)
+    assert not marker.exists()
+
+
+def test_d9_a_tampered_detector_pickle_is_refused_without_running_it(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "evil2")
+    marker = tmp_path / "pwned2"
+    state = next((d / "detector").glob("*.joblib"))
+    joblib.dump({"booster_": _Evil(marker)}, state)
+    reseal(d)
+    with pytest.raises(ModelError, match="may not contain"):
+        ModelBundle.load(d)
+    assert not marker.exists()
+    # a plain pickle too
+    state.write_bytes(pickle.dumps({"x": _Evil(marker)}))
+    reseal(d)
+    with pytest.raises(ModelError):
+        ModelBundle.load(d)
+    assert not marker.exists()
+
+
+def test_d9_a_foreign_detector_class_is_never_imported(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "foreign")
+    meta = json.loads((d / "detector" / "detector.json").read_text())
+    meta["class"] = "this.Detector"  # importing it prints the Zen of Python: any import runs code
+    (d / "detector" / "detector.json").write_text(json.dumps(meta))
+    reseal(d)
+    with pytest.raises(ModelError, match="not a shopguard detector"):
+        ModelBundle.load(d)
+
+
+def test_d9_malformed_json_calibrator_is_a_model_error(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "trunc")
+    text = (d / "calibrator.json").read_text()
+    (d / "calibrator.json").write_text(text[: len(text) // 2])
+    reseal(d)
+    with pytest.raises(ModelError, match="calibrator"):
+        ModelBundle.load(d)
