@@ -247,17 +247,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 # DuckDB runs a query on every core by default: the once-a-second journal apply would then
                 # take both cores from the event loop's thread for tens of ms (the main cause of p99 stalls).
                 store.execute(f"SET threads TO {int(settings.duckdb_threads)}")
-            rules = ReloadingRules(settings.rules, check_every=settings.watch_every_s)
+            from shopguard.events.privacy import pseudonymiser_for_store
+
+            # Safe by default: without a configured key, the key file beside the store (created once).
+            pseudo, note = pseudonymiser_for_store(settings.db, key=settings.pseudonym_key,
+                                                   allow_raw=settings.allow_raw_identifiers)
+            if note:
+                log.warning(note)
+            rules = ReloadingRules(settings.rules, check_every=settings.watch_every_s, pseudonymiser=pseudo)
             slot = ModelSlot(settings.model, on_change=lambda m: metrics_.set_model(None if m is None else m.version),
                              fast_scoring=settings.fast_scoring)
             slot.load_initial()
             if slot.model is None:
                 metrics_.set_model(None)
-            pseudo = None
-            if settings.pseudonym_key:
-                from shopguard.events.privacy import Pseudonymiser
-
-                pseudo = Pseudonymiser(settings.pseudonym_key)
             hooks = WebhookDispatcher(settings.webhooks, on_result=metrics_.webhook_result)
             sequence = None
             if settings.sequence_model is not None:

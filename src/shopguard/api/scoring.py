@@ -34,7 +34,7 @@ import orjson
 from shopguard.decision.cases import RISK_RANK, WebhookDispatcher, case_for, should_open
 from shopguard.decision.rules import SEVERITY, ReloadingRules, RuleResult
 from shopguard.errors import ModelError, ShopguardError, ValidationFailed
-from shopguard.events.schema import parse_event
+from shopguard.events.schema import derive_event_id, parse_event
 from shopguard.models import registry as reg
 from shopguard.store import EventStore
 
@@ -865,6 +865,11 @@ class DecisionEngine:
                 raise ValidationFailed(f"events[{i}]: {exc.message}", field=fld, value=exc.value) from None
             if self.pseudonymiser is not None:
                 rec = self.pseudonymiser.apply_record(rec)
+                if not data.get("event_id"):
+                    # The id derived by parsing hashed the raw values (unkeyed): a stored id would let
+                    # anyone test guessed IPs against it. Derive it from the pseudonymised record, as
+                    # ingestion does, so both give the same id.
+                    rec["event_id"] = derive_event_id(rec)
             # attrs as JSON text, as the store keeps it: mixed attrs across a batch never confuse a frame
             attrs = rec.get("attrs")
             rec["attrs"] = orjson.dumps(attrs).decode() if attrs else None

@@ -24,7 +24,10 @@ class ServiceSettings(BaseSettings):
         None, description="Review/chat text model (`shopguard train --detector text`): merged into their decisions."
     )
     text_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Text score from which it lifts a decision.")
-    pseudonym_key: str | None = Field(None, description="Secret for keyed hashing of personal identifiers.")
+    pseudonym_key: str | None = Field(None, description="Secret for keyed hashing of personal identifiers. None: "
+                                      "the key file beside the store (created, mode 0600, on first use).")
+    allow_raw_identifiers: bool = Field(False, description="Store IPs, devices, cards, addresses, e-mails and "
+                                        "phones as given (no pseudonym key). Off: safe by default.")
     case_risk_level: Literal["low", "medium", "high", "critical"] = Field(
         "high", description="Decisions at or above this risk level open a review case and fire webhooks."
     )

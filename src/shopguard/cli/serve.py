@@ -32,6 +32,10 @@ def serve(
                                                 help="fsync the journal before answering (off: survives a "
                                                      "process crash, not a power cut).")] = True,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without keys (local benchmarks only).")] = False,
+    allow_raw_identifiers: Annotated[bool, typer.Option(
+        "--allow-raw-identifiers", help="Store IPs, devices, cards, addresses, e-mails and phones as given. Default: "
+        "keyed hashes under $SHOPGUARD_PSEUDONYM_KEY, else the key file beside the store (created once, mode 0600).",
+    )] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Serve POST /v1/events and friends; one process owns the store (DuckDB has a single writer)."""
@@ -44,6 +48,7 @@ def serve(
         db=db_path(db), model=model, rules=rules, sequence_model=sequence_model, text_model=text_model, case_risk_level=case_risk_level,  # type: ignore[arg-type]
         webhooks=webhook or [], rate_limit_per_s=rate_limit, rate_limit_burst=max(rate_limit * 2, 1.0),
         max_body_bytes=max_body_bytes, auth=not no_auth, journal_fsync=journal_fsync, pseudonym_key=get_settings().pseudonym_key,
+        allow_raw_identifiers=allow_raw_identifiers,
     )
     # Fail fast with one clear line on what can be checked before the server starts.
     from shopguard.decision.rules import RuleSet
@@ -58,6 +63,14 @@ def serve(
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
         console.print("[bold red]error:[/] --no-auth is only allowed on a loopback address")
         raise typer.Exit(2)
+    from shopguard.events.privacy import pseudonymiser_for_store
+
+    _pseudo, note = pseudonymiser_for_store(settings.db, key=settings.pseudonym_key,
+                                            allow_raw=allow_raw_identifiers)
+    if note:  # said once: the file exists from now on
+        console.print(f"[yellow]note:[/] {note}")
+    elif allow_raw_identifiers:
+        console.print("[yellow]note:[/] --allow-raw-identifiers: personal identifiers are stored as given")
     console.print(f"shopguard serving {settings.db} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)

@@ -721,6 +721,14 @@ class RuleSet:
     def empty(cls) -> RuleSet:
         return cls(RuleFileSpec(), source="<no rules>")
 
+    def add_pseudonyms(self, pseudonymiser: Any) -> None:
+        """Let allow/deny entries of personal fields (devices, IPs, cards) match the pseudonymised values the
+        service stores: each raw entry is joined by its pseudonym under the store's key."""
+        for lists in (self.allow, self.deny):
+            for kind, fld in LIST_KINDS.items():
+                if fld in getattr(pseudonymiser, "fields", ()) and lists[kind]:
+                    lists[kind] = lists[kind] | frozenset(pseudonymiser.pseudonym(v, fld) for v in lists[kind])
+
     # -- applying --------------------------------------------------------------------------------------
     def list_match(self, ctx: Ctx) -> tuple[str, str] | None:
         """("deny" | "allow", list kind) when the event's user/device/IP/instrument is listed. Deny wins."""
@@ -843,9 +851,10 @@ class ReloadingRules:
     ``stat``), so it is cheap enough to call on every decision.
     """
 
-    def __init__(self, path: str | Path | None, *, check_every: float = 1.0) -> None:
+    def __init__(self, path: str | Path | None, *, check_every: float = 1.0, pseudonymiser: Any = None) -> None:
         self.path = Path(path) if path else None
         self.check_every = check_every
+        self.pseudonymiser = pseudonymiser  # list entries of personal fields are matched as pseudonyms too
         self._lock = threading.Lock()
         self._checked = 0.0
         self._mtime: float | None = None
@@ -854,8 +863,15 @@ class ReloadingRules:
         self.refused = 0
         self.rules = RuleSet.empty()
         if self.path is not None:
-            self.rules = RuleSet.load(self.path)  # a bad file at start-up is an error, not a warning
+            self.rules = self._load()  # a bad file at start-up is an error, not a warning
             self._mtime = _mtime(self.path)
+
+    def _load(self) -> RuleSet:
+        assert self.path is not None
+        rs = RuleSet.load(self.path)
+        if self.pseudonymiser is not None:
+            rs.add_pseudonyms(self.pseudonymiser)
+        return rs
 
     def current(self) -> RuleSet:
         if self.path is None:
@@ -888,7 +904,7 @@ class ReloadingRules:
         budget, a bug) keeps the last good rules serving and is recorded in ``last_error``."""
         assert self.path is not None
         try:
-            rules = RuleSet.load(self.path)
+            rules = self._load()
         except (ValidationFailed, ConfigError) as exc:
             self.last_error = exc.message
             self.refused += 1

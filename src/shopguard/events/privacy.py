@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -111,3 +113,64 @@ class Pseudonymiser:
         """``df`` with every personal field it has pseudonymised."""
         cols = [self.apply_series(df[name], name) for name in self.fields if name in df.columns]
         return df.with_columns(cols) if cols else df
+
+
+# ---------------------------------------------------------------------------------------------------
+# Safe by default: a key file next to the store
+# ---------------------------------------------------------------------------------------------------
+KEY_FILE_SUFFIX = ".pseudonym-key"
+
+
+def key_file_for(db: str | os.PathLike[str]) -> Path:
+    """Where the store's pseudonym key lives: ``<store>.pseudonym-key`` beside it (mode 0600)."""
+    p = Path(db)
+    return p.with_name(p.name + KEY_FILE_SUFFIX)
+
+
+def pseudonymiser_for_store(db: str | os.PathLike[str] | None, *, key: str | None = None,
+                            allow_raw: bool = False) -> tuple[Pseudonymiser | None, str | None]:
+    """The pseudonymiser ingestion and the service use for store ``db``, and a note to show once.
+
+    In order: an explicit ``key`` (``SHOPGUARD_PSEUDONYM_KEY``); ``allow_raw`` (``--allow-raw-identifiers``:
+    identifiers stored as given, None); the key file beside the store; else a new random key is written to
+    that file (mode 0600, never overwritten) and the note says so. The note is None when nothing was created.
+    """
+    if key:
+        return Pseudonymiser(key), None
+    if allow_raw:
+        return None, None
+    if db is None or str(db) == ":memory:":
+        return Pseudonymiser(secrets.token_urlsafe(32)), None  # a throw-away store: a throw-away key
+    path = key_file_for(db)
+    if path.exists():
+        return Pseudonymiser(_read_key_file(path)), None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return Pseudonymiser(_read_key_file(path)), None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    note = (f"created pseudonym key {path} (mode 0600): IPs, devices, cards, addresses, e-mails and phones are "
+            f"stored as keyed hashes. Keep this file with the store and back it up (losing it means new events no "
+            f"longer link to old ones); set ${DEFAULT_KEY_ENV} to use your own key, or pass "
+            "--allow-raw-identifiers to store raw values.")
+    return Pseudonymiser(new), note
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            os.chmod(path, 0o600)  # a key readable by others protects nothing
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"pseudonym key file {path} cannot be read: {exc}", field="pseudonym_key",
+                          value=str(path)) from None
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"pseudonym key file {path} holds a key shorter than {MIN_KEY_CHARS} characters",
+                          field="pseudonym_key", value=str(path))
+    return key

@@ -7,6 +7,7 @@ never leaves half a batch.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -69,6 +70,8 @@ class EventStore:
             raise DataError(f"db: cannot open store {self.path}: {exc}", field="db", value=self.path) from exc
         self._lock = threading.RLock()
         if not read_only:
+            if self.path != ":memory:":
+                restrict_store_files(Path(self.path))
             self.migrate()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -458,3 +461,14 @@ def _check_store_file(path: Path) -> None:
 
 def open_store(path: str | Path, *, read_only: bool = False) -> EventStore:
     return EventStore(path, read_only=read_only)
+
+
+def restrict_store_files(path: Path) -> None:
+    """Owner-only permissions (0600) on the store and its write-ahead log: they hold personal data."""
+    for p in (path, Path(f"{path}.wal")):
+        try:
+            if p.exists() and (p.stat().st_mode & 0o077):
+                os.chmod(p, 0o600)
+        except OSError:  # not ours to change (e.g. a shared read-only mount): leave it
+            pass
+
