@@ -8,14 +8,21 @@ stay ordinary tabular detectors behind the common ``fit`` / ``score`` contract:
 
 - ``GraphLightGBMDetector`` (supervised): LightGBM on own + neighbour-aggregated features, bagged over
   stratified folds of the training rows; each fold's held-out part early-stops its model and the
-  score is the mean of the fold models (uses every training row for trees and for stopping).
+  score is the mean of the fold models (uses every training row for trees and for stopping). Which
+  feature groups it uses (own + degree, + neighbour means, + known-fraud neighbour labels) is chosen
+  per fit from a fixed candidate list by the out-of-fold AP of those same training folds (one-
+  standard-error rule, simplest first): test rows never reach the choice. ``fit_info_`` records it.
 - ``neighbour_label_features``: known-fraud neighbour counts / shares for a static graph, out-of-fold
   for the training nodes so that no row is built from its own label.
 - ``GraphDeviationDetector`` (unsupervised): two views of every node, its own features and its
   contrast with its neighbourhood (own minus neighbour mean), each scored by an Isolation Forest and by
   the L1 size of its z-scores; the four scores are turned into percentiles of the training scores and
   averaged. Accounts that are unusual in themselves *and* unlike the accounts they are linked to rank
-  highest. Hyperparameters are fixed a priori (no labels are used to choose them).
+  highest. A third, context view (an Isolation Forest on own + neighbour-mean features) is blended in
+  with a label-free weight: the share of the own features' rank variance the neighbour mean explains
+  (median Spearman rho squared). Where linked nodes are near-copies (reviews of one user) the contrast
+  is noise and the context view takes over; where they are not (Amazon's users) it stays out.
+  No labels are used to choose anything.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from typing import Any, ClassVar, Self
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+from scipy.stats import rankdata
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from shopguard.errors import DataError, ModelError, ValidationFailed
@@ -43,10 +52,72 @@ from shopguard.models.tabular import (
 NBR_PREFIX = "nbr_"
 MEAN_PREFIX = "nbr_mean__"
 DIFF_PREFIX = "nbr_diff__"
+MAX_PREFIX = "nbr_max__"
+LABEL_PREFIX = "nbr_label_"
+DEGREE = "nbr_degree"
+
+# The supervised candidates, simplest first, fixed before any benchmark result was looked at: the
+# variants benchmarks/graph.py already compared (own + degree was the shipped default; + neighbour
+# means the first session's; + out-of-fold known-fraud neighbour labels the best on an R-U-R graph), then
+# every column of the frame (what the detector used before selection; equal to the fourth on a frame of
+# own, degree, mean and label columns, and then dropped as a duplicate).
+DEFAULT_CANDIDATES: tuple[str, ...] = ("own+degree", "own+degree+mean", "own+degree+labels",
+                                       "own+degree+mean+labels", "all")
+FEATURE_GROUPS: tuple[str, ...] = ("own", "degree", "mean", "labels", "max", "diff", "nbr", "all")
+
+
+def column_groups(columns: list[str]) -> dict[str, list[str]]:
+    """Feature columns by group: ``own`` (no ``nbr_`` prefix), ``degree``, ``mean``, ``labels``
+    (``nbr_label_*``), ``max``, ``diff``, ``nbr`` (any other ``nbr_*``) and ``all``."""
+    groups: dict[str, list[str]] = {g: [] for g in FEATURE_GROUPS}
+    for c in columns:
+        if not c.startswith(NBR_PREFIX):
+            g = "own"
+        elif c == DEGREE:
+            g = "degree"
+        else:
+            g = next((k for k, p in (("mean", MEAN_PREFIX), ("labels", LABEL_PREFIX), ("max", MAX_PREFIX),
+                                     ("diff", DIFF_PREFIX)) if c.startswith(p)), "nbr")
+        groups[g].append(c)
+    groups["all"] = list(columns)
+    return groups
+
+
+def resolve_candidates(columns: list[str], candidates: Any) -> list[tuple[str, list[str]]]:
+    """(name, columns) per candidate, in the given order; a candidate whose column set equals an earlier
+    one's (a group the frame lacks) is dropped, so a frame without neighbour columns has one candidate."""
+    groups = column_groups(columns)
+    out: list[tuple[str, list[str]]] = []
+    seen: set[frozenset[str]] = set()
+    for name in candidates:
+        parts = str(name).split("+")
+        unknown = [p for p in parts if p not in groups]
+        if unknown:
+            raise ValidationFailed(f"unknown feature group {unknown[0]!r} in candidate {name!r} "
+                                   f"(allowed: {', '.join(FEATURE_GROUPS)})", field="candidates", value=name)
+        wanted = {c for p in parts for c in groups[p]}
+        cols = [c for c in columns if c in wanted]
+        key = frozenset(cols)
+        if cols and key not in seen:
+            seen.add(key)
+            out.append((str(name), cols))
+    return out
 
 
 class GraphLightGBMDetector(Detector):
     """LightGBM over own + neighbour-aggregated features, bagged over ``n_folds`` early-stopped folds.
+
+    Which columns it uses is chosen per fit (``variant="auto"``, the default): every candidate in
+    ``candidates`` (feature groups joined by ``+``: ``own``, ``degree``, ``mean``, ``labels``, ``max``,
+    ``diff``, ``nbr``, ``all``; see ``column_groups``) is fitted as the usual bag over the stratified
+    folds of the *training* rows, and scored by its average precision on each held-out fold. The pick is
+    the simplest candidate (first in the list) whose mean fold AP is within one standard error of the
+    best one's (the one-standard-error rule: on a graph where the extra groups do not help, noise alone
+    does not pull in more columns). The chosen candidate's fold models are the detector, so selection
+    costs one bag per candidate and no refit. Candidates whose groups the frame lacks collapse into the
+    simpler ones, so a frame without ``nbr_*`` columns has a single candidate: every column.
+    ``fit_info_`` holds the choice and every candidate's inner scores. ``variant`` set to one candidate
+    name fits that one only; ``features`` pins the columns and skips selection.
 
     ``n_repeats`` reshuffles the folds that many times (more fold models; ``oof_`` is then the mean of the
     held-out scores). ``scale_pos_weight`` (default 3) up-weights fraud rows: on Amazon it was the one
@@ -71,6 +142,9 @@ class GraphLightGBMDetector(Detector):
         n_folds: int = 5,
         n_repeats: int = 1,
         early_stopping_rounds: int = 200,
+        variant: str = "auto",
+        candidates: list[str] | None = None,
+        keep_candidates: bool = False,
         features: list[str] | None = None,
         categorical: list[str] | None = None,
         random_state: int = 0,
@@ -87,6 +161,9 @@ class GraphLightGBMDetector(Detector):
         self.n_folds = n_folds
         self.n_repeats = n_repeats
         self.early_stopping_rounds = early_stopping_rounds
+        self.variant = variant
+        self.candidates = candidates
+        self.keep_candidates = keep_candidates
         self.features = features
         self.categorical = categorical
         self.random_state = random_state
@@ -94,6 +171,35 @@ class GraphLightGBMDetector(Detector):
 
     def _params(self, seed: int) -> dict[str, Any]:
         return booster_params(self, seed) | {"metric": "binary_logloss"}
+
+    def _bagged(self, matrix: np.ndarray, target: np.ndarray, cat_idx: list[int]
+                ) -> tuple[list[Any], list[int], np.ndarray, list[float], list[float]]:
+        """The inner loop: one bag over stratified folds of the training rows it is given (and only those).
+
+        Returns the fold models, their best iterations, the out-of-fold scores and each held-out fold's
+        AP and ROC-AUC (the inner scores the selection reads)."""
+        pos = int(target.sum())
+        # Fewer positives than folds: fold count shrinks so each held-out part still has a positive.
+        k = max(2, min(self.n_folds, pos, target.size - pos))
+        boosters, iters, fold_ap, fold_auc = [], [], [], []
+        oof = np.zeros(target.size)
+        for r in range(self.n_repeats):
+            # Each repeat reshuffles the folds: more fold models, less variance from one fold draw.
+            folds = StratifiedKFold(k, shuffle=True, random_state=self.random_state + 1000 * r)
+            for f, (tr, va) in enumerate(folds.split(matrix, target)):
+                train_set = lgb.Dataset(matrix[tr], target[tr], categorical_feature=cat_idx, free_raw_data=True)
+                valid = lgb.Dataset(matrix[va], target[va], reference=train_set)
+                booster = lgb.train(
+                    self._params(self.random_state * 97 + 31 * r + f), train_set, num_boost_round=self.n_estimators,
+                    valid_sets=[valid], callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+                )
+                boosters.append(booster)
+                iters.append(int(booster.best_iteration or booster.current_iteration()))
+                held = booster.predict(matrix[va], num_iteration=iters[-1])
+                oof[va] += held / self.n_repeats
+                fold_ap.append(float(average_precision_score(target[va], held)))
+                fold_auc.append(float(roc_auc_score(target[va], held)))
+        return boosters, iters, oof, fold_ap, fold_auc
 
     def fit(self, X: Any, y: Any = None) -> Self:
         if not isinstance(self.n_folds, int) or self.n_folds < 2:
@@ -111,32 +217,53 @@ class GraphLightGBMDetector(Detector):
                 field="y",
             )
         numeric, categorical = infer_columns(frame, self.features, self.categorical)
-        enc = TabularEncoder.fit(frame, numeric, categorical)
-        matrix = enc.lgb_matrix(frame)
-        cat_idx = list(range(len(numeric), len(numeric) + len(categorical)))
-        # Fewer positives than folds: fold count shrinks so each held-out part still has a positive.
-        k = max(2, min(self.n_folds, pos, target.size - pos))
-        boosters, iters = [], []
-        oof = np.zeros(target.size)
-        for r in range(self.n_repeats):
-            # Each repeat reshuffles the folds: more fold models, less variance from one fold draw.
-            folds = StratifiedKFold(k, shuffle=True, random_state=self.random_state + 1000 * r)
-            for f, (tr, va) in enumerate(folds.split(matrix, target)):
-                train_set = lgb.Dataset(matrix[tr], target[tr], categorical_feature=cat_idx, free_raw_data=True)
-                valid = lgb.Dataset(matrix[va], target[va], reference=train_set)
-                booster = lgb.train(
-                    self._params(self.random_state * 97 + 31 * r + f), train_set, num_boost_round=self.n_estimators,
-                    valid_sets=[valid], callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-                )
-                boosters.append(booster)
-                iters.append(int(booster.best_iteration or booster.current_iteration()))
-                oof[va] += booster.predict(matrix[va], num_iteration=iters[-1]) / self.n_repeats
-        self.encoder_ = enc
+        if self.features is not None:
+            plan = [("features", numeric + categorical)]
+        else:
+            names = (list(self.candidates or DEFAULT_CANDIDATES) if self.variant == "auto" else [self.variant])
+            plan = resolve_candidates(numeric + categorical, names)
+            if not plan:
+                raise DataError(f"graph_lightgbm: no candidate in {names} has a column in this frame", field="X")
+        cats = set(categorical)
+        results = []
+        for name, cols in plan:
+            num = [c for c in cols if c not in cats]
+            cat = [c for c in cols if c in cats]
+            enc = TabularEncoder.fit(frame, num, cat)
+            cat_idx = list(range(len(num), len(num) + len(cat)))
+            boosters, iters, oof, fold_ap, fold_auc = self._bagged(enc.lgb_matrix(frame), target, cat_idx)
+            results.append({"name": name, "encoder": enc, "boosters": boosters, "iters": iters, "oof": oof,
+                            "fold_ap": fold_ap, "fold_auc": fold_auc})
+        means = [float(np.mean(r["fold_ap"])) for r in results]
+        best = int(np.argmax(means))
+        fold = results[best]["fold_ap"]
+        se = float(np.std(fold, ddof=1) / np.sqrt(len(fold))) if len(fold) > 1 else 0.0
+        # One-standard-error rule: the simplest candidate within one SE of the best inner AP.
+        chosen = next(i for i, m in enumerate(means) if m >= means[best] - se)
+        pick = results[chosen]
+        self.encoder_ = pick["encoder"]
         # Out-of-fold scores of the training rows: honest material for thresholds and calibration.
-        self.oof_ = oof
-        self.boosters_ = boosters
-        self.best_iterations_ = iters
-        self.feature_names_ = enc.columns
+        self.oof_ = pick["oof"]
+        self.boosters_ = pick["boosters"]
+        self.best_iterations_ = pick["iters"]
+        self.feature_names_ = pick["encoder"].columns
+        self.variant_ = pick["name"]
+        self.fit_info_ = {
+            "variant": pick["name"],
+            "rule": "one-standard-error on inner fold AP" if len(results) > 1 else "single candidate",
+            "best": results[best]["name"],
+            "best_inner_ap": round(means[best], 6),
+            "best_inner_ap_se": round(se, 6),
+            "rows": int(target.size),
+            "candidates": [
+                {"name": r["name"], "n_features": len(r["encoder"].columns),
+                 "inner_ap": round(float(np.mean(r["fold_ap"])), 6), "inner_auc": round(float(np.mean(r["fold_auc"])), 6),
+                 "fold_ap": [round(v, 6) for v in r["fold_ap"]]}
+                for r in results
+            ],
+        }
+        if self.keep_candidates:
+            self.candidate_models_ = {r["name"]: (r["encoder"], r["boosters"], r["iters"], r["oof"]) for r in results}
         return self
 
     def _matrix(self, X: Any) -> np.ndarray:
@@ -148,6 +275,22 @@ class GraphLightGBMDetector(Detector):
             return np.zeros(0)
         preds = [b.predict(m, num_iteration=i) for b, i in zip(self.boosters_, self.best_iterations_, strict=True)]
         return np.mean(preds, axis=0).astype(np.float64)
+
+    def score_candidate(self, X: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, out-of-fold training scores) of one candidate's bag; needs ``keep_candidates=True``.
+
+        For reports that compare the choice with the candidates it passed over, from the same fit."""
+        self.check_fitted()
+        models = getattr(self, "candidate_models_", None)
+        if models is None or name not in models:
+            raise ModelError(f"no kept candidate {name!r} (fit with keep_candidates=True; kept: "
+                             f"{sorted(models or {})})", field="name", value=name)
+        enc, boosters, iters, oof = models[name]
+        frame = as_polars(X)
+        check_columns(frame, enc.columns, type(self).__name__)
+        m = enc.lgb_matrix(frame)
+        preds = [b.predict(m, num_iteration=i) for b, i in zip(boosters, iters, strict=True)]
+        return np.mean(preds, axis=0).astype(np.float64), oof
 
     def explain(self, X: Any) -> pl.DataFrame:
         """Per-feature contributions to the log-odds (TreeSHAP), averaged over the fold models."""
@@ -162,12 +305,22 @@ class GraphLightGBMDetector(Detector):
 
 
 class GraphDeviationDetector(Detector):
-    """Unsupervised: percentile-averaged Isolation Forest + L1 z-score over own and neighbour-contrast views.
+    """Unsupervised: percentile-averaged Isolation Forest + L1 z-score over own and neighbour-contrast views,
+    blended with an Isolation Forest on the context view (own + neighbour mean) by a label-free weight.
 
     Own columns are those not starting with ``nbr_``; the contrast view is the ``nbr_diff__*`` columns,
-    or own minus ``nbr_mean__*`` when only means are present. Without neighbour columns the detector
-    scores the own view alone. Scores are percentiles (0..1) of the training scores, so they compare
-    across refits.
+    or own minus ``nbr_mean__*`` when only means are present; the context view is own + neighbour mean
+    (own − diff when only differences are present). Without neighbour columns the detector scores the
+    own view alone. Scores are percentiles (0..1) of the training scores, so they compare across refits.
+
+    ``context_weight="auto"`` (default) sets the context view's weight to the *neighbour redundancy*:
+    over the own columns, the median squared Spearman correlation between a node's value and its
+    neighbours' mean (nodes with neighbours only), i.e. the share of rank variance the neighbourhood
+    explains. When linked nodes are near-copies of each other (several reviews of one user) the contrast
+    own − mean is mostly noise and the neighbour mean a denoised profile: the weight is high. When links
+    join different accounts (Amazon's U-P-U users, weight ~0.01) the contrast carries the signal and
+    the context view stays out. A number fixes the weight (0: the deviation score alone). ``fit_info_``
+    records the redundancy and the weight.
     """
 
     name: ClassVar[str] = "graph_deviation"
@@ -178,25 +331,33 @@ class GraphDeviationDetector(Detector):
         *,
         n_estimators: int = 500,
         max_samples: int | str = "auto",
+        context_weight: float | str = "auto",
         features: list[str] | None = None,
         random_state: int = 0,
         n_jobs: int = 1,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
+        self.context_weight = context_weight
         self.features = features
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def _views(self, frame: pl.DataFrame, numeric: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    def _views(self, frame: pl.DataFrame, numeric: list[str]
+               ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
         own = [c for c in numeric if not c.startswith(NBR_PREFIX)]
         contrast: list[tuple[str, str]] = []  # (own column, neighbour column); diff columns use ("", diff)
+        context: list[tuple[str, str]] = []  # (op, column): ("", mean column) or ("-", diff column): own − diff
         for c in own:
             if f"{DIFF_PREFIX}{c}" in numeric:
                 contrast.append(("", f"{DIFF_PREFIX}{c}"))
             elif f"{MEAN_PREFIX}{c}" in numeric:
                 contrast.append((c, f"{MEAN_PREFIX}{c}"))
-        return own, contrast
+            if f"{MEAN_PREFIX}{c}" in numeric:
+                context.append(("", f"{MEAN_PREFIX}{c}"))
+            elif f"{DIFF_PREFIX}{c}" in numeric:
+                context.append((c, f"{DIFF_PREFIX}{c}"))
+        return own, contrast, context
 
     def _view_matrices(self, frame: pl.DataFrame) -> list[np.ndarray]:
         dense = self.encoder_.dense_matrix(frame)
@@ -209,17 +370,51 @@ class GraphDeviationDetector(Detector):
                 col = dense[:, pos[b]]
                 cols.append(col if not a else dense[:, pos[a]] - col)
             views.append(np.column_stack(cols))
+        if getattr(self, "context_forest_", None) is not None:
+            # Neighbour mean per own column (read directly, or own − diff), beside the own view.
+            nbr = [dense[:, pos[b]] if not a else dense[:, pos[a]] - dense[:, pos[b]] for a, b in self.context_]
+            views.append(np.column_stack([own, *nbr]))
         return views
+
+    def _redundancy(self, frame: pl.DataFrame, numeric: list[str]) -> tuple[float, dict[str, float]]:
+        """Median over own columns of Spearman(own, neighbour mean) squared, on nodes that have neighbours."""
+        if not self.context_:
+            return 0.0, {}
+        dense = self.encoder_.dense_matrix(frame)
+        pos = {c: j for j, c in enumerate(self.encoder_.numeric)}
+        rows = np.ones(frame.height, dtype=bool)
+        if DEGREE in pos:
+            rows = dense[:, pos[DEGREE]] > 0
+        if rows.sum() < 3:
+            return 0.0, {}
+        rho2: dict[str, float] = {}
+        for own_col, (a, b) in zip([c for c in self.own_ if f"{MEAN_PREFIX}{c}" in pos or f"{DIFF_PREFIX}{c}" in pos],
+                                   self.context_, strict=True):
+            x = dense[rows, pos[own_col]]
+            m = dense[rows, pos[b]] if not a else x - dense[rows, pos[b]]
+            if np.ptp(x) == 0 or np.ptp(m) == 0:
+                continue
+            rho = np.corrcoef(rankdata(x), rankdata(m))[0, 1]
+            rho2[own_col] = float(rho * rho)
+        return (float(np.median(list(rho2.values()))) if rho2 else 0.0), rho2
 
     def fit(self, X: Any, y: Any = None) -> Self:
         frame = as_polars(X)
         if frame.height < 2:
             raise DataError(f"graph_deviation needs at least 2 rows to learn from, got {frame.height}", field="X")
+        w = self.context_weight
+        if not (w == "auto" or (isinstance(w, int | float) and not isinstance(w, bool) and 0.0 <= w <= 1.0)):
+            raise ValidationFailed(f"context_weight must be 'auto' or a number in [0, 1], got {w!r}",
+                                   field="context_weight", value=w)
         numeric, _ = infer_columns(frame, self.features, None)
         self.encoder_ = TabularEncoder.fit(frame, numeric, [])
-        self.own_, self.contrast_ = self._views(frame, numeric)
+        self.own_, self.contrast_, self.context_ = self._views(frame, numeric)
         if not self.own_:
             raise DataError("graph_deviation found no own (non-neighbour) numeric feature columns", field="X")
+        redundancy, rho2 = self._redundancy(frame, numeric)
+        weight = float(redundancy if w == "auto" else w) if self.context_ else 0.0
+        self.context_weight_ = weight
+        self.context_forest_ = None
         self.forests_, self.centers_, self.scales_, self.reference_ = [], [], [], []
         for v, m in enumerate(self._view_matrices(frame)):
             forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
@@ -232,16 +427,39 @@ class GraphDeviationDetector(Detector):
             iso = -forest.score_samples(m)
             l1 = np.abs((m - center) / scale).sum(axis=1)
             self.reference_.extend([np.sort(iso), np.sort(l1)])
+        if weight > 0:
+            # The context view: one Isolation Forest on [own, neighbour mean] (seeded apart from the others).
+            self.context_forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                                                   random_state=self.random_state + 2, n_jobs=self.n_jobs)
+            m = self._view_matrices(frame)[-1]
+            self.context_forest_.fit(m)
+            self.context_reference_ = np.sort(-self.context_forest_.score_samples(m))
+        self.fit_info_ = {
+            "variant": "deviation" if weight == 0 else ("context" if weight == 1 else "deviation+context"),
+            "criterion": "neighbour redundancy (median Spearman rho^2 of own vs neighbour mean)"
+                         if w == "auto" else "fixed context_weight",
+            "redundancy": round(redundancy, 6),
+            "context_weight": round(weight, 6),
+            "rho2": {k: round(v, 4) for k, v in rho2.items()},
+        }
         self.feature_names_ = list(numeric)
         return self
 
     def _raw_scores(self, frame: pl.DataFrame) -> list[np.ndarray]:
         out = []
-        for m, forest, center, scale in zip(self._view_matrices(frame), self.forests_, self.centers_, self.scales_,
+        mats = self._view_matrices(frame)
+        for m, forest, center, scale in zip(mats[: len(self.forests_)], self.forests_, self.centers_, self.scales_,
                                             strict=True):
             out.append(-forest.score_samples(m))
             out.append(np.abs((m - center) / scale).sum(axis=1))
         return out
+
+    @staticmethod
+    def _percentile(raw: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        # Mid-rank percentile against the training scores: ties share a rank, new data is comparable.
+        lo = np.searchsorted(ref, raw, side="left")
+        hi = np.searchsorted(ref, raw, side="right")
+        return (lo + hi) / (2.0 * len(ref))
 
     def score(self, X: Any) -> np.ndarray:
         self.check_fitted()
@@ -249,19 +467,20 @@ class GraphDeviationDetector(Detector):
         check_columns(frame, self.feature_names_, type(self).__name__)
         if frame.height == 0:
             return np.zeros(0)
-        parts = []
-        for raw, ref in zip(self._raw_scores(frame), self.reference_, strict=True):
-            # Mid-rank percentile against the training scores: ties share a rank, new data is comparable.
-            lo = np.searchsorted(ref, raw, side="left")
-            hi = np.searchsorted(ref, raw, side="right")
-            parts.append((lo + hi) / (2.0 * len(ref)))
-        return np.mean(parts, axis=0)
+        parts = [self._percentile(raw, ref) for raw, ref in zip(self._raw_scores(frame), self.reference_, strict=True)]
+        deviation = np.mean(parts, axis=0)
+        w = getattr(self, "context_weight_", 0.0)
+        if w <= 0 or self.context_forest_ is None:
+            return deviation
+        ctx = self._percentile(-self.context_forest_.score_samples(self._view_matrices(frame)[-1]),
+                               self.context_reference_)
+        return (1.0 - w) * deviation + w * ctx
 
     def explain(self, X: Any) -> pl.DataFrame:
         """Per-feature |z| (own view, then contrast view): how far each value is from typical."""
         self.check_fitted()
         frame = as_polars(X)
-        mats = self._view_matrices(frame)
+        mats = self._view_matrices(frame)[: len(self.forests_)]
         names = list(self.own_) + [b if not a else f"{a}-{b}" for a, b in self.contrast_]
         z = np.hstack([np.abs((m - c) / s) for m, c, s in zip(mats, self.centers_, self.scales_, strict=True)])
         return pl.DataFrame(z, schema=names, orient="row")
