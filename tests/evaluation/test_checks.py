@@ -92,3 +92,17 @@ def _healthy() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(4)
     y = (rng.random(2000) < 0.05).astype(int)
     return y, rng.normal(size=2000) + 2 * y
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_separation_of_numbers_with_missing_values_matches_sklearn(seed: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(300) < 0.2).astype(int)
+    v = np.round(rng.normal(size=300) + y, 1)
+    v[rng.random(300) < 0.3 + 0.3 * y] = np.nan
+    got = C.feature_separation(pl.DataFrame({"v": v}), y)["v"]
+    want = max(max(a, 1 - a) for a in (roc_auc_score(y, np.nan_to_num(v, nan=-99.0)),
+                                        roc_auc_score(y, np.nan_to_num(v, nan=99.0))))
+    assert got == pytest.approx(want, abs=1e-12)

@@ -64,3 +64,14 @@ def test_wide_terminal_puts_models_side_by_side() -> None:
     text = _render(report, 160)
     header = next(line for line in text.splitlines() if "metric" in line)
     assert all(n in header for n in ["lightgbm", "iforest", "ecod", "hbos", "baseline"])
+
+
+def test_print_warnings_takes_checks_or_dicts() -> None:
+    from shopguard.cli.evaluate import print_warnings
+    from shopguard.evaluation.checks import Check
+
+    con = Console(width=80, file=io.StringIO(), record=True)
+    print_warnings([Check("label_leak", "warning", "feature 'x' [leaks]", None, "train"),
+                    {"code": "n", "severity": "info", "message": "a note", "detector": "ecod"}], con)
+    text = con.export_text()
+    assert "warning: feature 'x' [leaks]" in text and "info (ecod): a note" in text

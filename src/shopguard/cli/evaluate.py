@@ -125,7 +125,15 @@ def print_report(report: dict, console: Console | None = None) -> None:
                 pos = next((s["positives"] for s in sc if s), 0)
                 t.add_row(n, str(pos), *[_cell(sc[i].get("recall_at_1pct_fpr"), 3) for i in group])
             con.print(t)
-    for w in report.get("warnings") or ():
-        style = "yellow" if w.get("severity", "warning") == "warning" else "cyan"
-        con.print(f"[{style}]{escape(str(w.get('severity', 'warning')))} ({escape(str(w.get('detector')))}): "
-                  f"{escape(str(w.get('message')))}[/]")
+    print_warnings(report.get("warnings") or (), con)
+
+
+def print_warnings(warnings: Any, console: Console | None = None) -> None:
+    """Checks (``evaluation.checks``, as dicts or ``Check``) one per line: warnings yellow, notes cyan."""
+    con = console or out
+    for w in warnings:
+        d = w if isinstance(w, dict) else w.to_dict()
+        severity = str(d.get("severity") or "warning")
+        who = f" ({d['detector']})" if d.get("detector") else ""
+        style = "yellow" if severity == "warning" else "cyan"
+        con.print(f"[{style}]{escape(severity)}{escape(who)}: {escape(str(d.get('message')))}[/]")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from shopguard.evaluation.metrics import roc_auc
+from shopguard.evaluation.metrics import _average_ranks, roc_auc
 
 Severity = Literal["warning", "info"]
 
@@ -31,7 +31,7 @@ MIN_EVENTS = 100
 LEAK_AUC = 0.99
 RATE_RATIO = 4.0
 # Rows of the training frame the leak check reads (all positives kept, negatives sampled).
-LEAK_MAX_ROWS = 200_000
+LEAK_MAX_ROWS = 50_000
 # Categories with fewer training rows are pooled before the purity check: an id seen once is
 # trivially "pure" and proves nothing.
 LEAK_MIN_CATEGORY_ROWS = 10
@@ -131,17 +131,24 @@ def feature_separation(X: pl.DataFrame, y: Any, *, features: Sequence[str] | Non
             v = _category_score(col, t, min_category_rows)
             out[c] = _fold(roc_auc(t, v))
             continue
-        v = col.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
-        bad = ~np.isfinite(v)
-        if bad.all():
-            continue
-        lo, hi = np.nanmin(v[~bad]), np.nanmax(v[~bad])
-        best = 0.5
-        for fill in (lo - 1.0, hi + 1.0) if bad.any() else (lo,):
-            w = np.where(bad, fill, v)
-            best = max(best, _fold(roc_auc(t, w)))
-        out[c] = best
+        v = col.cast(pl.Float64).to_numpy()
+        ok = np.isfinite(v)
+        if ok.any():
+            out[c] = _numeric_separation(v[ok], t[ok], int(t[~ok].sum()), int((~ok).sum() - t[~ok].sum()))
     return out
+
+
+def _numeric_separation(v: np.ndarray, y: np.ndarray, pos_missing: int, neg_missing: int) -> float:
+    """Folded ROC-AUC of values ``v`` with the missing ones ranked lowest, and again highest: one sort."""
+    p_n, n_n = int(y.sum()), int(y.size - y.sum())
+    pos, neg = p_n + pos_missing, n_n + neg_missing
+    if pos == 0 or neg == 0:
+        return 0.5
+    wins = float(_average_ranks(v)[y == 1].sum() - p_n * (p_n + 1) / 2) if p_n and n_n else 0.0
+    tie = 0.5 * pos_missing * neg_missing
+    low = (wins + p_n * neg_missing + tie) / (pos * neg)  # missing ranked below every value
+    high = (wins + pos_missing * n_n + tie) / (pos * neg)  # missing ranked above every value
+    return max(_fold(low), _fold(high))
 
 
 def _fold(auc: float) -> float:
