@@ -87,7 +87,8 @@ def score(
             out.print(f"{other:,} events{window} keep the decisions of another model (each event is decided once)",
                       soft_wrap=True)
     else:
-        out.print(f"[bold green]{n:,} new decisions[/] written by {version}{window}", soft_wrap=True)
+        out.print(f"[bold green]{n:,} new decisions[/] written{window}")
+        out.print(f"  model: {version}", markup=False, highlight=False)
         out.print("  " + ", ".join(f"{r['action']}: {r['n']:,}" for r in actions.iter_rows(named=True)))
         if counts["other"]:
             out.print(f"  {counts['other']:,} events{window} kept the decisions of another model", soft_wrap=True)
