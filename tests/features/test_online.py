@@ -48,6 +48,13 @@ def test_parity_with_batch_on_a_seeded_log(shop: EventStore) -> None:
     # ... and the ring (account-graph) features: rings form, labels known in time reach them.
     assert batch["user_ring_size"].max() > 2 and batch["user_linked_accounts_shared_ip_24h"].max() > 0
     assert batch["user_ring_known_fraud"].max() > 0 and batch["user_linked_max_failed_payments"].max() > 0
+    # ... and the generated per-key features, an attrs key (tier) included: risk moves off its prior as
+    # labels become known, shares and accounts per key vary.
+    prior = fs.get("device_risk").prior  # type: ignore[union-attr]
+    assert batch["device_risk"].max() > prior > batch["device_risk"].min()
+    assert batch["attr_tier_risk"].n_unique() > 10 and batch["attr_tier_users_1d"].max() > 2
+    assert 0 < batch["ip_user_share_1d"].drop_nulls().mean() < 1  # type: ignore[operator]
+    assert batch["merchant"].dtype == pl.Categorical and batch["card_users_1d"].max() >= 2
 
 
 def test_parity_when_labels_arrive_during_the_stream(shop: EventStore) -> None:

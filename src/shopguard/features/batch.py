@@ -378,7 +378,7 @@ def _attr_key_candidates(store: EventStore, until: datetime | None) -> list[str]
             continue
         if types <= {"BIGINT", "UBIGINT"}:
             out.append(key)
-        elif types == {"VARCHAR"}:
+        elif types <= {"VARCHAR", "BIGINT", "UBIGINT"}:  # text, or text mixed with integers
             raw = f"json_extract_string(attrs, {_json_path(key)})"
             n, num, tsn, ints = store.query(
                 f"SELECT count(*), count(TRY_CAST(v AS DOUBLE)), count(TRY_CAST(v AS TIMESTAMPTZ)), "
