@@ -63,11 +63,14 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413, by header and while streaming (pure ASGI, cheap)."""
+    """Refuse bodies over ``limit`` bytes with 413, by header and while streaming (pure ASGI, cheap); a body
+    that stops arriving for ``timeout`` seconds is answered 408 and its connection closed (a client holding
+    hundreds of half-sent requests open must not hold the service's connections for ever)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float | None = 10.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,20 +87,45 @@ class BodyLimit:
                     return
         seen = 0
         limit = self.limit
+        timeout = self.timeout
+        complete = False
+        started = False
 
         async def limited() -> Message:
-            nonlocal seen
-            msg = await receive()
+            nonlocal seen, complete
+            if complete or timeout is None:
+                return await receive()  # e.g. waiting for a disconnect while streaming: no deadline
+            try:
+                msg = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise _BodyTimeout() from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
                     raise _TooLarge()
+                if not msg.get("more_body", False):
+                    complete = True
             return msg
 
+        async def tracked_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, tracked_send)
         except _TooLarge:
-            await self._too_large(send)
+            if not started:
+                await self._too_large(send)
+        except _BodyTimeout:
+            if not started:
+                body = orjson.dumps({"error": "RequestTimeout", "message": f"the request body did not arrive within "
+                                     f"{timeout:g} s", "field": "body"})
+                await send({"type": "http.response.start", "status": 408,
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
 
     async def _too_large(self, send: Send) -> None:
         body = orjson.dumps({"error": "PayloadTooLarge", "message": f"request body over {self.limit} bytes",
@@ -108,6 +136,10 @@ class BodyLimit:
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _BodyTimeout(Exception):
     pass
 
 
@@ -157,8 +189,8 @@ class EventsFastPath:
                 if not msg.get("more_body", False):
                     break
             status, body = 200, await events.decide_body(state, b"".join(chunks))
-        except _TooLarge:
-            raise  # BodyLimit answers 413
+        except (_TooLarge, _BodyTimeout):
+            raise  # BodyLimit answers 413 / 408
         except ShopguardError as exc:
             state.metrics.error(type(exc).__name__)
             status, body, headers = exc.status_code, orjson.dumps(exc.to_dict()), _error_headers(exc)
@@ -279,7 +311,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                     journal_fsync=settings.journal_fsync,
                                     journal_apply_every_s=settings.journal_apply_every_s,
                                     sequence=sequence, text=text,
-                                    text_min_score=settings.text_min_score)
+                                    text_min_score=settings.text_min_score,
+                                    max_future_s=settings.max_clock_skew_s)
             if text_slot is not None:
                 text_slot.bind(engine.text)
             engine.text_slot = text_slot
@@ -371,6 +404,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         metrics_.error("RequestValidationError")
         err = exc.errors()[0] if exc.errors() else {}
+        if err.get("type") == "json_invalid":  # the body is not JSON: name the body, as POST /v1/events does
+            loc = err.get("loc", ())
+            at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+            return _json(422, {"error": "ValidationFailed", "message": f"body is not valid JSON{at}: "
+                               f"{err.get('ctx', {}).get('error', err.get('msg', 'invalid'))}"[:300], "field": "body"})
         fld = _field_of(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         value = err.get("input")
@@ -381,6 +419,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body": answered like every other bad body (422 naming the field).
+            metrics_.error("RequestValidationError")
+            return _json(422, {"error": "ValidationFailed", "message": f"body is not valid JSON: {exc.detail}",
+                               "field": "body"})
         return _json(exc.status_code, {"error": "HTTPError", "message": str(exc.detail)})
 
     @app.exception_handler(Exception)
@@ -410,5 +453,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if settings.events_fast_path:
         app.add_middleware(EventsFastPath, api=app)  # type: ignore[arg-type]
     app.add_middleware(RequestTiming, metrics=metrics_)  # type: ignore[arg-type]
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
+                       timeout=settings.body_timeout_s)
     return app

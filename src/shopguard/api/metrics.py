@@ -28,6 +28,8 @@ class ServiceMetrics:
         self.decisions = Counter("shopguard_decisions_total", "Decisions by action.", ["action", "risk_level"],
                                  registry=r)
         self.errors = Counter("shopguard_errors_total", "Errors by kind.", ["kind"], registry=r)
+        self.events_rejected = Counter("shopguard_events_rejected_total", "Events refused at the boundary by reason "
+                                       "(future_ts: later than the clock-skew limit).", ["reason"], registry=r)
         self.model_info = Gauge("shopguard_model_info", "Model version in service (1 = serving).", ["version"],
                                 registry=r)
         self.model_swaps = Counter("shopguard_model_swaps_total", "Models swapped in.", registry=r)
@@ -89,6 +91,9 @@ class ServiceMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.events_rejected.labels(reason).inc()
 
     def cases_opened(self, n: int) -> None:
         if n:

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ log = logging.getLogger("shopguard.service")
 
 ACTION_RISK = {"allow": "low", "review": "medium", "challenge": "high", "block": "critical"}
 RECENT_DECISIONS = 100_000  # decisions kept in memory for fast repeated-id answers
+LABELS_PER_LOCK = 100  # labels learnt per hold of the decision lock
 
 
 def _now() -> datetime:
@@ -730,8 +731,10 @@ class DecisionEngine:
         sequence: Any = None,
         text: Any = None,
         text_min_score: float = 0.5,
+        max_future_s: float | None = 300.0,
     ) -> None:
         self.store = store
+        self.max_future_s = max_future_s
         self.rules = rules or ReloadingRules(None)
         self.model = model or ModelSlot(None)
         self.pseudonymiser = pseudonymiser
@@ -855,9 +858,20 @@ class DecisionEngine:
     def prepare(self, payloads: Sequence[Any], *, batch: bool) -> list[Prepared]:
         """Validate every event (all or nothing) and pseudonymise personal fields."""
         out = []
+        # Future-dated events are refused: one would pin an entity's velocity windows (they evict by the
+        # newest time seen) and make rules fire on its later, legitimate traffic.
+        latest = None if self.max_future_s is None else _now() + timedelta(seconds=self.max_future_s)
         for i, data in enumerate(payloads):
             try:
+                _check_payload(data)
                 rec = parse_event(data).to_record()
+                if latest is not None and rec["ts"] > latest:
+                    if self.metrics is not None:
+                        self.metrics.rejected("future_ts")
+                    raise ValidationFailed(
+                        f"ts: {rec['ts'].isoformat()} is more than {self.max_future_s:g} s in the future (the "
+                        "service's clock-skew limit): send the time the event happened, in UTC",
+                        field="ts", value=data.get("ts"))
             except ValidationFailed as exc:
                 if not batch:
                     raise
@@ -872,7 +886,12 @@ class DecisionEngine:
                     rec["event_id"] = derive_event_id(rec)
             # attrs as JSON text, as the store keeps it: mixed attrs across a batch never confuse a frame
             attrs = rec.get("attrs")
-            rec["attrs"] = orjson.dumps(attrs).decode() if attrs else None
+            try:
+                rec["attrs"] = orjson.dumps(attrs).decode() if attrs else None
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                raise ValidationFailed(f"events[{i}].attrs: cannot be stored: {exc}" if batch else
+                                       f"attrs: cannot be stored: {exc}",
+                                       field=f"events[{i}].attrs" if batch else "attrs") from None
             out.append(Prepared(rec, i))
         return out
 
@@ -1215,12 +1234,15 @@ class DecisionEngine:
     def learn_labels(self, labels: Sequence[dict[str, Any]]) -> None:
         """Tell the online features about new labels (label-delayed features use them once known)."""
         learn = getattr(self.features, "learn_label", None)
-        with self._lock:
-            for lab in labels:
-                if learn is not None:
-                    learn(lab["entity_kind"], lab["entity_id"], lab["label"], lab["labeled_at"])
-                if self.graph is not None and lab["entity_kind"] == "user":
-                    self.graph.add_label(lab["entity_id"], int(lab["label"]))
+        # In slices: a 10,000-label request must not hold the decision lock (and every event waiting on it)
+        # for tens of milliseconds; each slice holds it well under a millisecond.
+        for start in range(0, len(labels), LABELS_PER_LOCK):
+            with self._lock:
+                for lab in labels[start:start + LABELS_PER_LOCK]:
+                    if learn is not None:
+                        learn(lab["entity_kind"], lab["entity_id"], lab["label"], lab["labeled_at"])
+                    if self.graph is not None and lab["entity_kind"] == "user":
+                        self.graph.add_label(lab["entity_id"], int(lab["label"]))
 
     def linked_accounts(self, user_id: str) -> list[dict[str, Any]]:
         """Accounts sharing devices, cards, IPs or addresses with ``user_id`` (empty without the graph)."""
@@ -1238,6 +1260,42 @@ class DecisionEngine:
     def decision(self, event_id: str) -> dict[str, Any] | None:
         d = self._recent.get(event_id)
         return orjson.loads(d) if d is not None else self.stored_decision(event_id)
+
+
+MAX_ATTRS_DEPTH = 16  # nesting of an event's attrs (orjson refuses more than 255 levels: a 500 before)
+MAX_ATTRS_ITEMS = 2_000  # keys and list items in one event's attrs
+_STRICT_NUMBERS = {"amount": (int, float), "old_price": (int, float), "new_price": (int, float),
+                   "quantity": (int,), "rating": (int,)}
+
+
+def _check_payload(data: Any) -> None:
+    """Cheap checks the event model does not make: numbers are JSON numbers (``amount: true`` and
+    ``quantity: "3"`` are refused, not coerced), and ``attrs`` is bounded in depth and size (walked
+    without recursion). Raises ValidationFailed naming the field."""
+    if not isinstance(data, dict):
+        return  # parse_event names the problem
+    for name, kinds in _STRICT_NUMBERS.items():
+        v = data.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kinds)):
+            want = "an integer" if kinds == (int,) else "a number"
+            raise ValidationFailed(f"{name}: must be {want}, got {type(v).__name__} {v!r}"[:300], field=name,
+                                   value=repr(v)[:100])
+    attrs = data.get("attrs")
+    if not attrs or not isinstance(attrs, dict | list):
+        return
+    items = 0
+    stack: list[tuple[Any, int]] = [(attrs, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_ATTRS_DEPTH:
+            raise ValidationFailed(f"attrs: nested deeper than {MAX_ATTRS_DEPTH} levels", field="attrs")
+        children = v.values() if isinstance(v, dict) else v
+        items += len(v)
+        if items > MAX_ATTRS_ITEMS:
+            raise ValidationFailed(f"attrs: more than {MAX_ATTRS_ITEMS} keys and items", field="attrs")
+        for c in children:
+            if isinstance(c, dict | list) and c:
+                stack.append((c, depth + 1))
 
 
 def sequence_scores(scorer: Any, records: Sequence[dict[str, Any]], learn: Sequence[bool]) -> list[Any]:

@@ -28,11 +28,16 @@ class ServiceSettings(BaseSettings):
                                       "the key file beside the store (created, mode 0600, on first use).")
     allow_raw_identifiers: bool = Field(False, description="Store IPs, devices, cards, addresses, e-mails and "
                                         "phones as given (no pseudonym key). Off: safe by default.")
+    max_clock_skew_s: float | None = Field(300.0, ge=0, description="Refuse events whose ts is more than this many "
+                                           "seconds after the service's clock (422, counted in "
+                                           "shopguard_events_rejected_total{reason=\"future_ts\"}). None: no limit.")
     case_risk_level: Literal["low", "medium", "high", "critical"] = Field(
         "high", description="Decisions at or above this risk level open a review case and fire webhooks."
     )
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive every new case (JSON POST).")
     max_body_bytes: int = Field(1_048_576, ge=1_024, description="Largest request body accepted (413 above).")
+    body_timeout_s: float | None = Field(10.0, gt=0, description="A request body that stops arriving for this "
+                                         "long is answered 408 and its connection closed. None: wait for ever.")
     max_batch: int = Field(1_000, ge=1, description="Most events in one POST /v1/events.")
     rate_limit_per_s: float = Field(2_000.0, gt=0, description="Requests per second each API key may send.")
     rate_limit_burst: float = Field(4_000.0, gt=0, description="Requests a key may send in a burst.")
