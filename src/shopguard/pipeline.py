@@ -167,6 +167,8 @@ def train(
     evaluate_test: bool = True,
     feature_cache: dict[Any, pl.DataFrame] | None = None,
     unlabeled: str = "auto",
+    tune: bool = False,
+    tune_budget_s: float = 60.0,
 ) -> ModelBundle:
     """Fit ``detector`` on the store's training window and write a model directory to ``out_dir``.
 
@@ -176,11 +178,17 @@ def train(
     feature frame is computed once per (feature set, window, types).
     ``unlabeled``: what events without a label row are (``features.targets``: auto, negative, ignore).
     Split lengths left ``None`` in ``split`` are chosen from the labels (``evaluation.splits.choose_split``).
+    ``tune``: search LightGBM's settings and feature groups for ``tune_budget_s`` seconds on a time-ordered
+    slice of the fit rows (``models.tuning``); the test window plays no part. The choice goes into the
+    manifest (``info["tuning"]``).
     """
     from shopguard.features import feature_set
 
     step = on_step or (lambda _m: None)
     det = make_detector(detector, params)
+    if tune and det.name != "lightgbm":
+        raise ValidationFailed(f"--tune searches LightGBM's settings: use it with --detector lightgbm, not {detector!r}",
+                               field="tune", value=detector)
     rule = _rule(store, unlabeled)
     step("choosing the split")
     sp, choice = split_for(store, split, rule)
@@ -231,8 +239,17 @@ def train(
     pinned = {"features": list(columns), "categorical": list(fs.categorical)}
     given = det.get_params()
     det.set_params(**{k: v for k, v in pinned.items() if k in given and given[k] is None})
-    step(f"fitting {det.name} on {int(fit_mask.sum()):,} events")
     X_fit = train_rows.filter(pl.Series(fit_mask))
+    tuning = None
+    if tune:
+        from shopguard.models.tuning import tune_lightgbm
+
+        step(f"tuning LightGBM for {tune_budget_s:.0f} s on the training window")
+        result = tune_lightgbm(X_fit, y[fit_mask], features=list(columns), categorical=list(fs.categorical),
+                               budget_s=tune_budget_s)
+        det.set_params(**result.params)
+        tuning = result.to_dict()
+    step(f"fitting {det.name} on {int(fit_mask.sum()):,} events")
     scorer: Any = det
     if needs_events(det):
         # Sequence + features (fusion): the detector reads the users' histories next to the feature rows.
@@ -264,7 +281,7 @@ def train(
               "validation_events": int(val.height), "validation_positives": int(y_val.sum()),
               "types": list(types) if types else None, "label_cutoff": sp.label_cutoff.isoformat(),
               "labels": {**rule.to_dict(), "counts": counts},
-              "split_choice": choice.to_dict() if choice is not None else None},
+              "split_choice": choice.to_dict() if choice is not None else None, "tuning": tuning},
     )
     metrics: dict[str, Any] = {}
     if y_val.sum() > 0 and (y_val == 0).any():
@@ -273,6 +290,13 @@ def train(
     if test_rows.height and evaluate_test:
         step("evaluating on the test window")
         metrics["test"] = evaluate_frame(store, bundle, test_rows, unlabeled=rule)
+    from shopguard.evaluation.checks import run_checks
+
+    features_used = list(det.get_params().get("features") or columns)
+    bundle.info["warnings"] = [c.to_dict() for c in run_checks(
+        X_train=X_fit, y_train=y[fit_mask] if det.supervised else None, features=features_used,
+        categorical=[c for c in fs.categorical if c in features_used],
+        validation=metrics.get("validation"), test=metrics.get("test"))]
     bundle.metrics = metrics
     bundle.save(out_dir)
     return bundle
@@ -391,6 +415,10 @@ def evaluate(
         results.append({"model_version": b.model_version, "detector": b.detector.name,
                         "supervised": b.detector.supervised, "metrics": m,
                         "policy": b.policy.model_dump(mode="json"), "split": b.split,
+                        "warnings": b.info.get("warnings") or [],
+                        "info": {"train_events": b.info.get("train_events"),
+                                 "train_positives": b.info.get("train_positives"),
+                                 "validation_auc": (b.metrics.get("validation") or {}).get("roc_auc")},
                         "data": evaluation_data(store, b, kept, rule) if kept.height else None})
     results.extend(extra_results)
     report = build_report(results, window={"start": start.isoformat() if start else None,

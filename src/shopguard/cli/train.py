@@ -68,6 +68,9 @@ def train(
         "events before the test window, e.g. --until).")] = None,
     method: Annotated[str | None, typer.Option("--method", help="With --detector fusion: frozen (default: exact "
                                                "linear probe, fast), lora or full.")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="Search LightGBM's settings and feature groups (Optuna TPE) "
+                                       "on a time-ordered slice of the training window; never the test window.")] = False,
+    budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds for --tune.", min=1)] = 60.0,
     export: Annotated[bool, typer.Option("--export/--no-export", help="With --detector fusion: also write the "
                                          "ONNX graph (token window + features -> probability) to OUT/onnx.")] = True,
 ) -> None:
@@ -94,10 +97,15 @@ def train(
         task = prog.add_task("training", total=None)
         bundle = run_train(store, out_dir, detector=detector, params=hyper, split=split,
                            target_fpr=target_fpr, alert_rate=alert_rate, unlabeled=unlabeled,
+                           tune=tune, tune_budget_s=budget_s,
                            on_step=lambda m: prog.update(task, description=m))
     print_split(bundle.info, bundle.split)
+    print_tuning(bundle.info.get("tuning"))
     out.print(f"[bold green]trained[/] {bundle.model_version} -> {out_dir}")
     print_metrics(bundle.metrics.get("test", {}), title=f"{bundle.detector.name} on the test window")
+    from shopguard.cli.evaluate import print_warnings
+
+    print_warnings(bundle.info.get("warnings") or [])
     if export and needs_events(bundle.detector):
         from shopguard.models.bundle import seal_files
         from shopguard.models.sequence.export import export_onnx
@@ -148,18 +156,40 @@ def print_split(info: dict, split: dict) -> None:
                       "below are very uncertain[/]")
 
 
+def print_tuning(t: dict | None) -> None:
+    if not t:
+        return
+    v = t.get("validation") or {}
+    out.print(f"tuning: {t['n_trials']} trials in {t['elapsed_s']:.0f} s on the last {v.get('rows', 0):,} fit events "
+              f"({v.get('positives', 0):,} fraud); validation AP {_f(t.get('best_score'))} tuned vs "
+              f"{_f(t.get('default_score'))} with the defaults: "
+              + ("[green]tuned settings kept[/]" if t.get("improved") else "defaults kept"))
+    if t.get("note"):
+        out.print(f"  {t['note']}")
+
+
 def print_metrics(m: dict, title: str) -> None:
     if not m:
         out.print("[yellow]no test window metrics (no events after the delay gap)[/]")
+        return
+    if not m.get("events"):
+        out.print(f"[yellow]no test-window events to measure: {m.get('removed_known_fraud_events', 0):,} belong to "
+                  f"users already known as fraudulent, {m.get('unlabeled_events', 0):,} have no label (widen "
+                  f"--test-days, or check the label mapping)[/]")
         return
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("events", "positives", "roc_auc", "average_precision", "recall_at_1pct_fpr", "precision_at_k",
-              "card_precision_at_k", "precision_at_threshold", "recall_at_threshold", "removed_known_fraud_events"):
+              "card_precision_at_k", "precision_at_threshold", "recall_at_threshold", "removed_known_fraud_events",
+              "unlabeled_events"):
         if k in m:
             v = m[k]
-            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+            ci = m.get(f"{k}_ci")
+            text = f"{v:.4f}" if isinstance(v, float) else str(v)
+            if ci and all(isinstance(x, float) and x == x for x in ci):
+                text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            t.add_row(k, text)
     out.print(t)
     sc = m.get("scenarios") or {}
     if sc:

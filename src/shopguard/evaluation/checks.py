@@ -82,6 +82,26 @@ def check_auc_below_chance(auc: float | None, *, window: str = "test") -> list[C
                   "events treated as negatives? a score direction flipped?", float(auc), window)]
 
 
+WEAK_AUC = 0.65
+
+
+def check_weak_signal(auc: float | None, ci: Sequence[float] | None = None, *, window: str = "test",
+                      validation_auc: float | None = None) -> list[Check]:
+    """ROC-AUC between 0.5 and ``WEAK_AUC``: the features carry little signal in this window; worse still
+    when validation (inside the training window) looked much better, a sign the fraud changed."""
+    if auc is None or not math.isfinite(auc) or auc < 0.5 or auc >= WEAK_AUC:
+        return []
+    span = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and all(math.isfinite(x) for x in ci) else ""
+    drift = ""
+    if validation_auc is not None and math.isfinite(validation_auc) and validation_auc - auc > 0.1:
+        drift = (f"; validation inside the training window reached {validation_auc:.3f}, so what marked fraud "
+                 "then does not mark it in this window (the fraud changed, or the early fraud was different)")
+    return [Check("weak_signal", "warning",
+                  f"{window} ROC-AUC {auc:.3f}{span} is barely above chance: these features say little about "
+                  f"fraud in this window{drift}. Treat the model as weak here; more history, labels or fields "
+                  "may help", float(auc), window)]
+
+
 def check_tiny_window(events: int | None, *, window: str = "test", minimum: int = MIN_EVENTS) -> list[Check]:
     """Fewer than ``minimum`` events to evaluate on."""
     if events is None or events >= minimum:
@@ -221,17 +241,21 @@ def run_checks(
         if not m:
             continue
         found += check_window(m, window=window, train_positive_rate=train_positive_rate,
-                              min_positives=min_positives, min_events=min_events)
+                              min_positives=min_positives, min_events=min_events,
+                              validation_auc=(validation or {}).get("roc_auc") if window == "test" else None)
     return found
 
 
 def check_window(m: Mapping[str, Any], *, window: str = "test", train_positive_rate: float | None = None,
-                 min_positives: int = MIN_POSITIVES, min_events: int = MIN_EVENTS) -> list[Check]:
+                 min_positives: int = MIN_POSITIVES, min_events: int = MIN_EVENTS,
+                 validation_auc: float | None = None) -> list[Check]:
     """The checks one window's metric summary allows (size, fraud count, AUC, fraud-rate shift)."""
     events, positives = m.get("events"), m.get("positives")
     found = check_tiny_window(events, window=window, minimum=min_events)
     found += check_few_positives(positives, window=window, minimum=min_positives)
     found += check_auc_below_chance(m.get("roc_auc"), window=window)
+    found += check_weak_signal(m.get("roc_auc"), m.get("roc_auc_ci"), window=window,
+                               validation_auc=validation_auc)
     if window == "test" and events and positives is not None:
         found += check_positive_rate_shift(train_positive_rate, positives / events, window=window)
     return found

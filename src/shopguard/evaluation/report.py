@@ -57,7 +57,8 @@ def result_checks(result: dict[str, Any]) -> list[Check]:
     rate = result.get("train_positive_rate")
     if rate is None and info.get("train_events"):
         rate = info.get("train_positives", 0) / info["train_events"]
-    found += check_window(result.get("metrics") or {}, window="test", train_positive_rate=rate)
+    val = info.get("validation_auc")
+    found += check_window(result.get("metrics") or {}, window="test", train_positive_rate=rate, validation_auc=val)
     return found
 
 
