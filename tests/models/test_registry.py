@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,12 +108,19 @@ def test_cli_register_promote_list_rollback(tmp_path: Path) -> None:
 
     from shopguard.cli.main import app
 
+    from tests.security.conftest import small_bundle
+
     runner = CliRunner()
     root = tmp_path / "models"
+    # Promote loads a version exactly as the service would: these must be real model folders.
     for name in ("a", "b"):
-        res = runner.invoke(app, ["models", "register", str(_model_dir(tmp_path, name, name)), "--registry", str(root),
+        res = runner.invoke(app, ["models", "register", str(small_bundle(tmp_path / name)), "--registry", str(root),
                                   "--promote"])
         assert res.exit_code == 0, res.output
+    fake = runner.invoke(app, ["models", "register", str(_model_dir(tmp_path, "fake")), "--registry", str(root),
+                               "--promote"])
+    assert fake.exit_code == 2 and ModelRegistry(root).current_version() == "v0002", fake.output
+    shutil.rmtree(root / "v0003")
     listed = runner.invoke(app, ["models", "list", "--registry", str(root), "--json"])
     rows = json.loads(listed.stdout)
     assert [r["version"] for r in rows if r["current"]] == ["v0002"]

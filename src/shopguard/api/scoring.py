@@ -259,6 +259,10 @@ class ModelSlot(_RegistryFollower):
             self.last_error = exc.message
             log.error("model not swapped, %s keeps serving: %s", self.version, exc.message)
             return False
+        except Exception as exc:  # never expected: still keeps the current model and says so
+            self.last_error = f"model reload failed ({type(exc).__name__}); the current model keeps serving"
+            log.exception("model not swapped, %s keeps serving", self.version)
+            return False
         self.last_error = None
         log.info("model %s now serving", new.version)
         return True
@@ -331,6 +335,10 @@ class TextModelSlot(_RegistryFollower):
             self.last_error = f"text model: {exc.message}"
             log.error("text model not swapped, %s keeps serving: %s", self.version, exc.message)
             return False
+        except Exception as exc:  # never expected: the current text model keeps serving
+            self.last_error = f"text model reload failed ({type(exc).__name__})"
+            log.exception("text model not swapped, %s keeps serving", self.version)
+            return False
         self.scorer.model = det  # one reference: a review being scored finishes on the model it started with
         self.path, self.version = self.registry.root / cur, cur
         self.last_error = None
@@ -357,6 +365,48 @@ def load_text_model(path: Path) -> Any:
         raise ModelError(f"{path} holds a {type(det).__name__}, not a text model", field="text_model",
                          value=str(path))
     return det
+
+
+def check_servable(path: Path, *, serving: Path | None = None) -> str:
+    """Load a model folder exactly as ``serve`` would (verify, load, build its scorer) and check its
+    feature set against what this code computes and what ``serving`` (the version in service) computes.
+    Returns what it is ("model <version>" or "text model"); raises ModelError naming the problem."""
+    from shopguard.models.registry import current_feature_set_version
+
+    manifest = reg.read_manifest(path)
+    if manifest.get("format") != "shopguard-model":
+        load_text_model(path)  # a review/chat text model: the text slot's loader, type check included
+        return "text model"
+    try:
+        model = LoadedModel.load(path, version=path.name)
+    except ShopguardError:
+        raise
+    except Exception as exc:  # LoadedModel.load wraps the bundle; anything else is still a refusal
+        raise ModelError(f"model at {path} cannot be served: {type(exc).__name__}: {str(exc)[:200]}",
+                         field="model", value=str(path)) from None
+    have = model.feature_set_version or None
+    code = current_feature_set_version()
+    fs = model.feature_set
+    if fs is not None and code is not None and have is not None and have != code:
+        # The online engine builds the model's own feature set; refuse only when it cannot.
+        try:
+            _make_feature_engine(model)
+        except Exception as exc:
+            raise ModelError(f"model {path.name} needs feature set {have}, which the service's online feature "
+                             f"engine cannot compute ({str(exc)[:200]})", field="feature_set_version",
+                             value=have) from None
+    if serving is not None and have is not None:
+        try:
+            cur = reg.read_manifest(serving)
+        except ShopguardError:
+            cur = {}
+        running = cur.get("feature_set_version") or cur.get("feature_version")
+        if running and str(running) != str(have):
+            raise ModelError(f"model {path.name} computes feature set {have}, the version in service "
+                             f"({serving.name}) computes {running}: a running service refuses this swap; "
+                             "promote it with --feature-set-change and restart the service",
+                             field="feature_set_version", value=have)
+    return f"model {model.version}"
 
 
 def _mtime_ns(path: Path) -> int | None:

@@ -60,16 +60,35 @@ def register_(source: Annotated[Path, typer.Argument(help="A trained model folde
     v = reg.register(source)
     console.print(f"registered {v.version} at {v.path}")
     if promote:
+        _check(reg, v.version, feature_set_change=False)
         reg.promote(v.version)
         console.print(f"{v.version} is now current")
+
+
+def _check(reg, version: str, *, feature_set_change: bool) -> None:  # type: ignore[no-untyped-def]
+    """Load the version exactly as ``serve`` would; a version the service would refuse is never promoted."""
+    from shopguard.api.scoring import check_servable
+
+    path = reg.root / version
+    if not path.is_dir():
+        return  # promote names the known versions
+    cur = reg.current_path()
+    what = check_servable(path, serving=None if feature_set_change or cur is None or cur == path else cur)
+    console.print(f"{version}: loads as the service loads it ({what})")
 
 
 @models_app.command("promote")
 @handle_errors
 def promote(version: Annotated[str, typer.Argument(help="Version to serve, e.g. v0002.")],
-            registry: RegistryOption = None) -> None:
-    """Verify a version (checksums, schema and feature set) and make it current; a running service swaps."""
-    v = _registry(registry).promote(version)
+            registry: RegistryOption = None,
+            feature_set_change: Annotated[bool, typer.Option(
+                "--feature-set-change", help="Promote a version whose feature set differs from the one in service "
+                "(a running service keeps the old model until it is restarted).")] = False) -> None:
+    """Load a version exactly as the service would (checksums, calibrator, policy, detector, feature set) and
+    make it current; a running service swaps. A version that would not load is refused."""
+    reg = _registry(registry)
+    _check(reg, version, feature_set_change=feature_set_change)
+    v = reg.promote(version)
     console.print(f"{v.version} is now current")
 
 

@@ -170,9 +170,19 @@ class ModelRegistry:
             return {"current": None, "history": []}
         try:
             data = json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{self.state_path} is unreadable: {exc}", field="registry") from None
-        return {"current": data.get("current"), "history": list(data.get("history", []))}
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelError(f"{self.state_path} is unreadable: {str(exc)[:200]}", field="registry") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{self.state_path} must be an object with 'current' and 'history'", field="registry")
+        cur = data.get("current")
+        hist = data.get("history", [])
+        # The pointer names a version folder under the root, nothing else (no paths, no other types).
+        if cur is not None and not (isinstance(cur, str) and _VERSION_RE.match(cur)):
+            raise ModelError(f"{self.state_path}: 'current' must be a version such as \"v0002\", got {cur!r}"[:300],
+                             field="current", value=repr(cur)[:100])
+        if not isinstance(hist, list) or not all(isinstance(h, str) and _VERSION_RE.match(h) for h in hist):
+            raise ModelError(f"{self.state_path}: 'history' must be a list of versions", field="history")
+        return {"current": cur, "history": list(hist)}
 
     def _write_state(self, state: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
