@@ -211,7 +211,7 @@ class OnlineFeatureEngine:
                                       rates, tuple(n for n, *_ in feats), shares))
         self._current_defs = [d for d in self.feature_set.definitions if d.kind == "current"]
         self._derived = [(d.name, d.inputs[0], d.inputs[1]) for d in self.feature_set.definitions if d.kind == "derived"]
-        self._attrs = self.feature_set.attrs
+        self._attrs = [(a, a.name, a.key) for a in self.feature_set.attrs]  # names computed once
         self._columns = self.feature_set.columns
         filters: dict[tuple[Any, ...], int] = {}
         for spec in self._specs.values():
@@ -615,8 +615,8 @@ class OnlineFeatureEngine:
                     attrs = orjson.loads(attrs)
                 except orjson.JSONDecodeError:
                     attrs = None
-            for a in self._attrs:
-                out[a.name] = _attr_value(a, attrs.get(a.key) if isinstance(attrs, dict) else None, t)
+            for a, name, key in self._attrs:
+                out[name] = _attr_value(a, attrs.get(key) if isinstance(attrs, dict) else None, t)
         return out
 
 
