@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -21,6 +22,8 @@ from fastapi import Request
 
 from shopguard.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from shopguard.store import EventStore
+
+log = logging.getLogger("shopguard.service")
 
 SCOPES: tuple[str, ...] = ("ingest", "analyst", "admin")
 KEY_PREFIX = "sg_"
@@ -65,11 +68,30 @@ def list_keys(store: EventStore) -> list[dict[str, Any]]:
     return list(df.iter_rows(named=True))
 
 
-def revoke_key(store: EventStore, key_id: str) -> None:
-    if store.query("SELECT key_id FROM api_keys WHERE key_id = ?", [key_id]).height == 0:
+def revoke_key(store: EventStore, key_id: str, *, by: str = "cli") -> datetime:
+    """Revoke a key (idempotent: a revoked key keeps its first revocation time) and audit it; returns when."""
+    rows = store.query("SELECT revoked_at FROM api_keys WHERE key_id = ?", [key_id])
+    if rows.height == 0:
         raise NotFound(f"no API key {key_id!r}", field="key_id", value=key_id)
-    store.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
-                  [datetime.now(UTC).replace(tzinfo=None), key_id])
+    prior = rows["revoked_at"][0]
+    if prior is not None:
+        return prior  # type: ignore[no-any-return]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    store.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", [now, key_id])
+    audit(store, "key_revoked", key_id, by=by)
+    return now
+
+
+AUDIT_DDL = ("CREATE TABLE IF NOT EXISTS key_audit (audited_at TIMESTAMP NOT NULL, action VARCHAR NOT NULL, "
+             "key_id VARCHAR NOT NULL, by_key VARCHAR, detail VARCHAR)")
+
+
+def audit(store: EventStore, action: str, key_id: str, *, by: str, detail: str = "") -> None:
+    """Append one line to the store's key audit trail (``key_audit``: who did what to which key, when)."""
+    store.execute(AUDIT_DDL)
+    store.execute("INSERT INTO key_audit VALUES (?, ?, ?, ?, ?)",
+                  [datetime.now(UTC).replace(tzinfo=None), action, key_id, by, detail])
+    log.warning("audit: %s %s by %s%s", action, key_id, by, f" ({detail})" if detail else "")
 
 
 class KeyRing:
@@ -102,6 +124,11 @@ class KeyRing:
             self._cache = fresh
             self._refreshed = now
         return len(fresh)
+
+    def drop(self, key_id: str) -> None:
+        """Refuse a key from now on (``POST /v1/keys/{id}/revoke``), before the next refresh."""
+        with self._lock:
+            self._cache[key_id] = (time.monotonic(), None, "")
 
     def add(self, full_key: str, record: ApiKey) -> None:
         """Make a key this process just created usable at once (``POST /v1/keys``)."""

@@ -126,6 +126,12 @@ class KeyCreatedOut(BaseModel):
     scopes: list[str]
 
 
+class KeyRevokedOut(BaseModel):
+    key_id: str
+    revoked: bool
+    revoked_at: datetime
+
+
 class ModelStatusOut(BaseModel):
     version: str | None
     source: str | None

@@ -52,11 +52,55 @@ def list_(db: DbOption = None) -> None:
 
 @keys_app.command("revoke")
 @handle_errors
-def revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after sg_).")], db: DbOption = None) -> None:
-    """Revoke a key (a running service stops accepting it within seconds)."""
+def revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after sg_).")], db: DbOption = None,
+           url: Annotated[str | None, typer.Option(
+               "--url", help="Revoke through a running service (e.g. http://127.0.0.1:8080), with the admin key in "
+               "$SHOPGUARD_ADMIN_KEY: the service holds its store, so this is how to revoke while it runs.")] = None,
+           ) -> None:
+    """Revoke a key (audited). While `serve` runs, use --url (or POST /v1/keys/{id}/revoke): it takes effect at once."""
+    if url:
+        _revoke_over_http(url, key_id)
+        console.print(f"revoked {key_id} (through {url})")
+        return
     from shopguard.api.deps import revoke_key
+    from shopguard.errors import ConfigError, ShopguardError
     from shopguard.store import EventStore
 
-    with EventStore(db_path(db)) as store:
-        revoke_key(store, key_id)
+    try:
+        store = EventStore(db_path(db))
+    except ShopguardError as exc:
+        if "lock" in exc.message.lower():
+            raise ConfigError(f"the store {db_path(db)} is held by a running service: revoke through it with "
+                              f"`shopguard keys revoke {key_id} --url http://HOST:PORT` (admin key in "
+                              f"$SHOPGUARD_ADMIN_KEY) or POST /v1/keys/{key_id}/revoke", field="db") from None
+        raise
+    with store:
+        revoke_key(store, key_id, by="cli")
     console.print(f"revoked {key_id}")
+
+
+def _revoke_over_http(url: str, key_id: str) -> None:
+    import json
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from shopguard.errors import ConfigError, ShopguardError
+
+    admin = os.environ.get("SHOPGUARD_ADMIN_KEY")
+    if not admin:
+        raise ConfigError("set SHOPGUARD_ADMIN_KEY to an admin key to revoke through the service", field="url")
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/keys/{urllib.parse.quote(key_id, safe='')}/revoke",
+                                 method="POST", data=b"", headers={"Authorization": f"Bearer {admin}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (an operator-given URL)
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("message", "")
+        except ValueError:
+            msg = ""
+        raise ShopguardError(f"the service refused: HTTP {exc.code} {msg}".strip(), field="url") from None
+    except OSError as exc:
+        raise ShopguardError(f"cannot reach the service at {url}: {exc}", field="url") from None

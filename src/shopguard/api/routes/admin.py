@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from shopguard.api.deps import create_key, require
-from shopguard.api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, ModelStatusOut, RulesStatusOut
+from shopguard.api.deps import audit, create_key, require, revoke_key
+from shopguard.api.schemas import (ErrorOut, KeyCreatedOut, KeyCreateIn, KeyRevokedOut, ModelStatusOut,
+                                   RulesStatusOut)
 
 router = APIRouter(tags=["admin"])
 _ERR = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": ErrorOut}}
@@ -19,7 +20,18 @@ def new_key(body: KeyCreateIn, request: Request, _key: Any = Depends(require("ad
     """Create an API key; the answer is the only time the full key is shown."""
     key, rec = create_key(request.app.state.store, list(body.scopes), body.name)
     request.app.state.keys.add(key, rec)  # usable at once, not only after the next refresh
+    audit(request.app.state.store, "key_created", rec.key_id, by=_key.key_id, detail=",".join(sorted(rec.scopes)))
     return {"key": key, "key_id": rec.key_id, "scopes": sorted(rec.scopes)}
+
+
+@router.post("/v1/keys/{key_id}/revoke", response_model=KeyRevokedOut, responses={**_ERR, 404: {"model": ErrorOut}})
+def revoke(key_id: str, request: Request, key: Any = Depends(require("admin"))) -> Any:
+    """Revoke an API key: refused by this service at once (and by any other reading the store within a
+    second); recorded in the store's key audit trail with the revoking key's id."""
+    state = request.app.state
+    when = revoke_key(state.store, key_id, by=key.key_id)
+    state.keys.drop(key_id)
+    return {"key_id": key_id, "revoked": True, "revoked_at": when}
 
 
 def _model_status(request: Request) -> dict[str, Any]:
