@@ -10,8 +10,9 @@ State per entity: a deque of ``(ts, value)`` with running count / sum / sum of s
 counter for distinct counts) per window, the last / first time per filter, the last time each value was
 seen for new-value flags, and sorted timestamps plus known positives for label-delayed merchant risk.
 The all-history smoothed fraud rate keeps, per entity, the count of earlier events and the times from
-which each labelled event counts (``max(ts, labeled_at)``), matured into running counts as time passes;
-every event that a label may still reach stays findable by id (memory grows with the events learnt).
+which each labelled event counts (``max(ts, labeled_at)``), matured into running counts as time passes
+(a late event sees what had matured by the latest time seen); every event that a label may still reach
+stays findable by id (memory grows with the events learnt).
 An ``"attr:<key>"`` entity is read from the event's ``attrs`` as text, as the batch engine reads it.
 Ring (account-graph) features run through ``features.graph.RingFeatures``, the object the batch engine
 replays: computed in ``update``, learnt with the pending events, user and event labels via ``learn_label``.
