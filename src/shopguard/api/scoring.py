@@ -42,6 +42,8 @@ log = logging.getLogger("shopguard.service")
 
 ACTION_RISK = {"allow": "low", "review": "medium", "challenge": "high", "block": "critical"}
 RECENT_DECISIONS = 100_000  # decisions kept in memory for fast repeated-id answers
+RECENT_BYTES = 32 << 20  # ...and at most this many bytes of them (each is compact JSON; older ids: the store)
+_ENTRY_OVERHEAD = 150  # bytes object header, ordered-dict slot and id key per remembered answer (approx.)
 LABELS_PER_LOCK = 100  # labels learnt per hold of the decision lock
 
 
@@ -799,6 +801,7 @@ class DecisionEngine:
         # Answers as JSON bytes: bytes are not tracked by the garbage collector, so 100,000 remembered
         # decisions (a million small dicts and lists otherwise) never lengthen a collection pause.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
         self._known: set[str] = set()
         self.ready = False
         self.features_error: str | None = None
@@ -993,9 +996,9 @@ class DecisionEngine:
                         if fut is not None:
                             results.append(fut)
                             continue
-                        prior = self._recent.get(eid)
+                        prior = self._recall(eid)
                         if prior is not None:
-                            results.append(orjson.loads(prior))
+                            results.append(prior)
                             continue
                         if eid in self._known:
                             stored = self.stored_decision(eid)
@@ -1090,9 +1093,31 @@ class DecisionEngine:
                 self.metrics.cases_opened(len(alerts))
 
     def _remember(self, eid: str, decision: dict[str, Any]) -> None:
-        self._recent[eid] = orjson.dumps(decision)
-        if len(self._recent) > RECENT_DECISIONS:
-            self._recent.popitem(last=False)
+        """Keep a compact copy of an answer for repeated ids: JSON bytes without the id (it is the key) and
+        without empty fields, within ``RECENT_DECISIONS`` answers and ``RECENT_BYTES`` bytes, oldest out
+        first (older ids are answered from the store). Bytes are not tracked by the garbage collector."""
+        # orjson's output sits in an over-allocated buffer (about twice its length): keep an exact copy.
+        data = memoryview(orjson.dumps({k: v for k, v in decision.items()
+                                        if k != "event_id" and v is not None and v != []})).tobytes()
+        old = self._recent.pop(eid, None)
+        if old is not None:
+            self._recent_bytes -= len(old) + _ENTRY_OVERHEAD
+        self._recent[eid] = data
+        self._recent_bytes += len(data) + _ENTRY_OVERHEAD
+        while len(self._recent) > RECENT_DECISIONS or self._recent_bytes > RECENT_BYTES:
+            _, gone = self._recent.popitem(last=False)
+            self._recent_bytes -= len(gone) + _ENTRY_OVERHEAD
+
+    def _recall(self, eid: str) -> dict[str, Any] | None:
+        """A remembered answer, as it was given (None when not remembered)."""
+        data = self._recent.get(eid)
+        if data is None:
+            return None
+        d = orjson.loads(data)
+        return {"event_id": eid, "score": d.get("score"), "probability": d.get("probability"),
+                "risk_level": d.get("risk_level"), "action": d.get("action"), "reasons": d.get("reasons", []),
+                "rule_hits": d.get("rule_hits", []), "model_version": d.get("model_version"),
+                "latency_ms": d.get("latency_ms")}
 
     def _decide(self, rec: dict[str, Any], rules: Any, model: LoadedModel | None, *,
                 learn: bool) -> tuple[dict[str, Any], str | None]:
@@ -1308,8 +1333,8 @@ class DecisionEngine:
         return _public(row)
 
     def decision(self, event_id: str) -> dict[str, Any] | None:
-        d = self._recent.get(event_id)
-        return orjson.loads(d) if d is not None else self.stored_decision(event_id)
+        d = self._recall(event_id)
+        return d if d is not None else self.stored_decision(event_id)
 
 
 MAX_ATTRS_DEPTH = 16  # nesting of an event's attrs (orjson refuses more than 255 levels: a 500 before)
