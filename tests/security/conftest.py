@@ -60,7 +60,7 @@ def svc(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
         yield s
 
 
-def small_bundle(folder: Path, *, detector: str = "lightgbm", platt: bool = False) -> Path:
+def small_bundle(folder: Path, *, detector: str = "lightgbm", platt: bool = False, labelled: bool = True) -> Path:
     """A tiny real model folder (LightGBM or HBOS on three feature columns), saved with checksums."""
     import numpy as np
     import polars as pl
@@ -85,8 +85,9 @@ def small_bundle(folder: Path, *, detector: str = "lightgbm", platt: bool = Fals
     det = (LightGBMDetector(n_estimators=20, features=cols) if detector == "lightgbm"
            else HBOSDetector(features=cols)).fit(df[:600], y[:600])
     s = det.score(df[600:])
-    cal = Calibrator().fit(s, y[600:])
-    pol = Policy.choose(cal.transform(s), y[600:], target_fpr=0.01)
+    cal = Calibrator().fit(s, y[600:] if labelled else None)
+    pol = Policy.choose(cal.transform(s), y[600:] if labelled else None, target_fpr=0.01, alert_rate=0.02,
+                        probability_kind="probability" if cal.is_probability else "percentile")
     b = ModelBundle(detector=det, calibrator=cal, policy=pol, feature_set=FeatureSet(), columns=cols,
                     split={"train_start": "2024-01-01T00:00:00", "train_end": "2024-01-08T00:00:00"})
     return b.save(folder)

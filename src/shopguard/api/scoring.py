@@ -61,6 +61,10 @@ class ModelOutput:
     risk_level: str
     action: str
     reasons: list[dict[str, Any]]
+    # The score's percentile among the validation events, for models calibrated without labels (their
+    # ``probability`` is then None: a percentile is not a probability, and ``probability >= 0.98`` must
+    # not read as "the model is very sure"). Rules see it as ``score_percentile``.
+    percentile: float | None = None
 
 
 class LoadedModel:
@@ -75,6 +79,9 @@ class LoadedModel:
         fs = getattr(bundle, "feature_set", None)
         self.feature_set = fs
         self.feature_set_version = str(getattr(fs, "version", None) or self.manifest.get("feature_set_version") or "")
+        cal = getattr(bundle, "calibrator", None)
+        # Calibrated without labels: what the bundle calls probability is the score's percentile.
+        self.percentile_only = cal is not None and getattr(cal, "is_probability", True) is False
         # A fusion model (transformer + features) scores from each user's event history too: served by its
         # ONNX graph over a per-user history cache that the engine warms (api.fusion); None otherwise.
         self.fusion: Any = None
@@ -1186,8 +1193,13 @@ class DecisionEngine:
         try:
             if model.fusion is not None:  # one run of the fused graph; its history learns the new events
                 records = [rec for rec, *_ in todo]
-                return list(model.fusion.decide(records, rows, [r["event_id"] not in relearn for r in records]))
-            return list(model.decide_many(rows))
+                outs = list(model.fusion.decide(records, rows, [r["event_id"] not in relearn for r in records]))
+            else:
+                outs = list(model.decide_many(rows))
+            if getattr(model, "percentile_only", False):
+                for o in outs:
+                    o.percentile, o.probability = o.probability, None
+            return outs
         except Exception as exc:  # a failing model falls back to rules only, loudly
             log.exception("model %s failed on %d events", model.version, len(rows))
             if self.metrics is not None:
@@ -1256,6 +1268,7 @@ class DecisionEngine:
             ctx["score"] = out.score
             ctx["model_score"] = out.score
             ctx["probability"] = out.probability
+            ctx["score_percentile"] = out.percentile
         res: RuleResult = rules.evaluate(ctx)
         reasons: list[dict[str, Any]] = []
         if res.list_match is not None:  # an allow/deny list entry decides alone

@@ -51,7 +51,7 @@ ACTIONS: tuple[str, ...] = ("allow", "review", "challenge", "block")
 SEVERITY: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 MODES = ("first_match", "all_match")
 # Names the decision context always carries besides event fields and features.
-SCORE_NAMES: tuple[str, ...] = ("score", "probability", "model_score")
+SCORE_NAMES: tuple[str, ...] = ("score", "probability", "model_score", "score_percentile")
 LIST_KINDS: dict[str, str] = {  # list name in YAML -> event field it matches
     "users": "user_id",
     "devices": "device_id",
