@@ -100,3 +100,26 @@ def test_d9_malformed_json_calibrator_is_a_model_error(model: Path, tmp_path: Pa
     reseal(d)
     with pytest.raises(ModelError, match="calibrator"):
         ModelBundle.load(d)
+
+
+def test_d9_signed_manifests_refuse_a_resealed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shopguard.models.registry import ModelRegistry
+
+    monkeypatch.setenv("SHOPGUARD_MODEL_SIGNING_KEY", "k" * 32)
+    signed = small_bundle(tmp_path / "signed")
+    assert json.loads((signed / "manifest.json").read_text())["signature"].startswith("hmac-sha256:")
+    ModelBundle.load(signed)
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.promote(reg.register(signed).version)  # registry verification checks the signature too
+    # An attacker edits a file and re-seals the checksums without the key.
+    d = _copy(signed, tmp_path / "resealed")
+    (d / "policy.json").write_text((d / "policy.json").read_text().replace("block", "allow"))
+    reseal(d)
+    with pytest.raises(ModelError, match="not signed with this key"):
+        ModelBundle.load(d)
+    # A folder written without the key is refused while a key is configured.
+    monkeypatch.delenv("SHOPGUARD_MODEL_SIGNING_KEY")
+    unsigned = small_bundle(tmp_path / "unsigned")
+    monkeypatch.setenv("SHOPGUARD_MODEL_SIGNING_KEY", "k" * 32)
+    with pytest.raises(ModelError, match="unsigned"):
+        ModelBundle.load(unsigned)

@@ -194,6 +194,9 @@ class ModelBundle:
             raise ModelError(f"{mfile} is corrupted: {exc}", field="model", value=str(folder)) from exc
         if manifest.get("format") != FORMAT:
             raise ModelError(f"{folder} holds {manifest.get('format')!r}, not a {FORMAT}", field="model")
+        from shopguard.models.registry import check_signature
+
+        check_signature(manifest, str(folder))
         version = manifest.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ModelError(f"model format version {version!r} is newer than this shopguard reads "
@@ -321,6 +324,9 @@ def seal_files(path: str | Path, subfolder: str) -> int:
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically: a reader sees the old one or the new one, never half of either."""
+    from shopguard.models.registry import sign
+
+    manifest = sign(json.loads(json.dumps(manifest, default=str)))  # signed when a signing key is configured
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     os.replace(tmp, folder / MANIFEST)

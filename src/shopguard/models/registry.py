@@ -17,6 +17,7 @@ clear error while the current one keeps serving. ``registry.json`` is replaced a
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -80,8 +81,51 @@ def write_manifest(folder: str | Path, *, version: str | None = None, feature_se
         "files": checksums(folder),
         **(extra or {}),
     }
+    manifest = sign(json.loads(json.dumps(manifest, default=str)))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional manifest signatures: checksums beside the files catch corruption, a signature catches re-sealing
+# ---------------------------------------------------------------------------------------------------
+SIGNING_KEY_ENV = "SHOPGUARD_MODEL_SIGNING_KEY"
+
+
+def signing_key() -> bytes | None:
+    """The HMAC key manifests are signed and checked with (``$SHOPGUARD_MODEL_SIGNING_KEY``), or None."""
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if not key:
+        return None
+    if len(key) < 16:
+        raise ModelError(f"${SIGNING_KEY_ENV} is shorter than 16 characters", field="signing_key")
+    return key.encode()
+
+
+def _signature(manifest: dict[str, Any], key: bytes) -> str:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "hmac-sha256:" + hmac.new(key, canon, hashlib.sha256).hexdigest()
+
+
+def sign(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest (as it reads back from JSON) with its signature when a signing key is configured."""
+    key = signing_key()
+    if key is None:
+        return manifest
+    return {**{k: v for k, v in manifest.items() if k != "signature"}, "signature": _signature(manifest, key)}
+
+
+def check_signature(manifest: dict[str, Any], where: str) -> None:
+    """With a signing key configured, refuse a manifest that is unsigned or whose signature does not match."""
+    key = signing_key()
+    if key is None:
+        return
+    sig = manifest.get("signature")
+    if not isinstance(sig, str) or not hmac.compare_digest(sig, _signature(manifest, key)):
+        raise ModelError(f"model {where} is {'unsigned' if not sig else 'not signed with this key'}: with "
+                         f"${SIGNING_KEY_ENV} set, only folders written (or re-signed) by a holder of the key "
+                         "are loaded", field="signature", value=where)
 
 
 def _bundle_meta(folder: Path) -> dict[str, Any]:
@@ -117,6 +161,7 @@ def verify(folder: str | Path, *, feature_set_version: str | None = None) -> dic
     """Check a model folder against its manifest and this code; returns the manifest or raises ModelError."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_signature(manifest, folder.name)
     for rel, digest in manifest["files"].items():
         p = folder / rel
         if not p.is_file():
