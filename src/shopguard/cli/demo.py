@@ -139,9 +139,12 @@ def next_commands(store_path: Path, model_dir: Path, report: dict[str, Any]) -> 
         (f"shopguard users{db} --top 10", "accounts worth a look (ids to try below)"),
         (f"shopguard rings{db} --top 10", "accounts linked by devices, IPs, cards"),
         (f"shopguard score{db} --model {_arg(model_dir)}{window}", "decide the test window's events"),
-        (f"shopguard evaluate{db} --model {_arg(model_dir)} --html report.html", "the report again"),
-        ("shopguard ingest --source examples/shop_orders.yaml --db orders.duckdb", "load a mapped CSV log"),
-        (f"shopguard serve{db} --model {_arg(model_dir)} --no-auth", "decisions over HTTP (Ctrl-C stops)"),
+        (f"shopguard evaluate{db} --model {_arg(model_dir)} --html "
+         f"{_arg(model_dir.parent.parent / 'reports' / (model_dir.name + '.html'))}", "this model's report alone"),
+        ("shopguard ingest --source examples/shop_orders.yaml --db shopguard-data/orders.duckdb",
+         "load a mapped CSV log (a store of its own)"),
+        (f"shopguard keys create --scope ingest{db}", "an API key for the service (shown once)"),
+        (f"shopguard serve{db} --model {_arg(model_dir)}", "decisions over HTTP (Ctrl-C stops)"),
     ]
 
 
