@@ -40,8 +40,9 @@ def users(
         _table("Most labelled-fraud events", found["most_fraud"],
                [("user", "user_id"), ("fraud ev.", "fraud_events"), ("events", "events"), ("scenarios", "scenarios")])
     if found["riskiest_decisions"]:
-        _table("Highest decision scores (latest events first among equals)", found["riskiest_decisions"],
-               [("user", "user_id"), ("max prob.", "max_probability"), ("decisions", "decisions"),
+        _table("Highest decision scores", found["riskiest_decisions"],
+               [("user", "user_id"), ("max prob.", "max_probability"), ("max score", "max_score"),
+                ("decisions", "decisions"),
                 ("flagged", "flagged"), ("last event", "last_event")])
 
 
@@ -59,10 +60,11 @@ def interesting_users(store: Any, top: int) -> dict[str, list[dict[str, Any]]]:
         "SELECT p.user_id, p.fraud_events, (SELECT count(*) FROM events x WHERE x.user_id = p.user_id) AS events, "
         "p.scenarios FROM per_user p ORDER BY p.fraud_events DESC, p.user_id LIMIT ?", [top])
     riskiest = store.query(
-        "SELECT e.user_id, max(d.probability) AS max_probability, count(*) AS decisions, "
+        "SELECT e.user_id, max(d.probability) AS max_probability, max(d.score) AS max_score, count(*) AS decisions, "
         "count(*) FILTER (WHERE d.action IS NOT NULL AND d.action <> 'allow') AS flagged, max(e.ts) AS last_event "
         "FROM decisions d JOIN events e USING (event_id) WHERE e.user_id IS NOT NULL GROUP BY e.user_id "
-        "ORDER BY max_probability DESC NULLS LAST, last_event DESC, e.user_id LIMIT ?", [top])
+        "ORDER BY max_probability DESC NULLS LAST, max_score DESC NULLS LAST, last_event DESC, e.user_id LIMIT ?",
+        [top])
     return {"most_events": most_events.to_dicts(), "most_fraud": most_fraud.to_dicts(),
             "riskiest_decisions": riskiest.to_dicts()}
 
