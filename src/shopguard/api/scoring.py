@@ -924,7 +924,10 @@ class DecisionEngine:
         for i, data in enumerate(payloads):
             try:
                 _check_payload(data)
-                rec = parse_event(data).to_record()
+                derive = isinstance(data, dict) and not data.get("event_id")
+                # Without an id, parsing would hash the raw values; the id is derived below instead, from
+                # the record as stored (pseudonymised): a placeholder skips the first, wasted hash.
+                rec = parse_event({**data, "event_id": "_"} if derive else data).to_record()
                 if latest is not None and rec["ts"] > latest:
                     if self.metrics is not None:
                         self.metrics.rejected("future_ts")
@@ -939,11 +942,10 @@ class DecisionEngine:
                 raise ValidationFailed(f"events[{i}]: {exc.message}", field=fld, value=exc.value) from None
             if self.pseudonymiser is not None:
                 rec = self.pseudonymiser.apply_record(rec)
-                if not data.get("event_id"):
-                    # The id derived by parsing hashed the raw values (unkeyed): a stored id would let
-                    # anyone test guessed IPs against it. Derive it from the pseudonymised record, as
-                    # ingestion does, so both give the same id.
-                    rec["event_id"] = derive_event_id(rec)
+            if derive:
+                # From the pseudonymised values only (an unkeyed hash of raw values would let anyone test
+                # guessed IPs against a stored id), exactly as ingestion derives it.
+                rec["event_id"] = derive_event_id(rec)
             # attrs as JSON text, as the store keeps it: mixed attrs across a batch never confuse a frame
             attrs = rec.get("attrs")
             try:
