@@ -36,6 +36,9 @@ def serve(
         "--allow-raw-identifiers", help="Store IPs, devices, cards, addresses, e-mails and phones as given. Default: "
         "keyed hashes under $SHOPGUARD_PSEUDONYM_KEY, else the key file beside the store (created once, mode 0600).",
     )] = False,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1, help="Most connections and requests in flight; beyond, new requests get 503 "
+        "(a client holding many half-sent requests open cannot exhaust the service).")] = 4096,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Serve POST /v1/events and friends; one process owns the store (DuckDB has a single writer)."""
@@ -73,4 +76,4 @@ def serve(
         console.print("[yellow]note:[/] --allow-raw-identifiers: personal identifiers are stored as given")
     console.print(f"shopguard serving {settings.db} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=max_connections, timeout_keep_alive=5)
