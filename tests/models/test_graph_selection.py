@@ -172,7 +172,7 @@ def review_like(seed: int = 0, users: int = 400) -> tuple[pl.DataFrame, np.ndarr
     return aggregate_neighbours(X, A, aggregates=("mean", "diff")), bad[owner].astype(int)
 
 
-def test_context_weight_follows_neighbour_redundancy() -> None:
+def test_context_weight_follows_neighbour_redundancy(tmp_path: Path) -> None:
     from .test_graph import community_graph
 
     frame, y = review_like()
@@ -180,6 +180,10 @@ def test_context_weight_follows_neighbour_redundancy() -> None:
     fixed = GraphDeviationDetector(n_estimators=100, context_weight=0.0).fit(frame)
     assert auto.fit_info_["context_weight"] > 0.3  # neighbours are copies of the node: high redundancy
     assert roc_auc_score(y, auto.score(frame)) > roc_auc_score(y, fixed.score(frame)) + 0.02
+    auto.save(tmp_path / "dev")
+    again = load_detector(tmp_path / "dev")
+    np.testing.assert_allclose(again.score(frame[:50]), auto.score(frame[:50]))
+    assert again.fit_info_ == auto.fit_info_
     # Linked accounts that are different people (communities with contextual anomalies): weight stays small,
     # and the contrast still finds them.
     cframe, cy = community_graph()
@@ -192,3 +196,22 @@ def test_context_weight_follows_neighbour_redundancy() -> None:
         GraphDeviationDetector(context_weight=2.0).fit(cframe)
     own = cframe.select([c for c in cframe.columns if not c.startswith("nbr_")])
     assert GraphDeviationDetector(n_estimators=20).fit(own).fit_info_["context_weight"] == 0.0
+
+
+def test_negligible_redundancy_keeps_the_plain_deviation_score() -> None:
+    from shopguard.models.graph import MIN_CONTEXT_WEIGHT
+
+    # Random links between independent accounts: the neighbourhood says nothing about a node.
+    rng = np.random.default_rng(5)
+    n = 600
+    X = rng.lognormal(0, 1, size=(n, 4))
+    r, c = rng.integers(0, n, 3000), rng.integers(0, n, 3000)
+    A = sp.csr_matrix((np.ones(6000), (np.r_[r, c], np.r_[c, r])), shape=(n, n))
+    A.setdiag(0)
+    A.eliminate_zeros()
+    frame = aggregate_neighbours(X, A, aggregates=("mean", "diff"))
+    auto = GraphDeviationDetector(n_estimators=50).fit(frame)
+    assert auto.fit_info_["redundancy"] < MIN_CONTEXT_WEIGHT
+    assert auto.fit_info_["context_weight"] == 0.0 and auto.context_forest_ is None
+    plain = GraphDeviationDetector(n_estimators=50, context_weight=0.0).fit(frame)
+    np.testing.assert_allclose(auto.score(frame), plain.score(frame))

@@ -55,6 +55,11 @@ DIFF_PREFIX = "nbr_diff__"
 MAX_PREFIX = "nbr_max__"
 LABEL_PREFIX = "nbr_label_"
 DEGREE = "nbr_degree"
+# graph_deviation: an automatic context weight under this is dropped (the context forest is not fitted).
+# 0.01 is the squared "small" correlation (|rho| 0.1) by Cohen's convention; a weight that small cannot
+# reorder the ranking materially, so leaving it out costs nothing and keeps such graphs on the plain
+# deviation score. Set after seeing that Amazon's 0.008 cost 0.001 AP (docs/graph.md).
+MIN_CONTEXT_WEIGHT = 0.01
 
 # The supervised candidates, simplest first, fixed before any benchmark result was looked at: the
 # variants benchmarks/graph.py already compared (own + degree was the shipped default; + neighbour
@@ -318,9 +323,10 @@ class GraphDeviationDetector(Detector):
     neighbours' mean (nodes with neighbours only), i.e. the share of rank variance the neighbourhood
     explains. When linked nodes are near-copies of each other (several reviews of one user) the contrast
     own − mean is mostly noise and the neighbour mean a denoised profile: the weight is high. When links
-    join different accounts (Amazon's U-P-U users, weight ~0.01) the contrast carries the signal and
-    the context view stays out. A number fixes the weight (0: the deviation score alone). ``fit_info_``
-    records the redundancy and the weight.
+    join different accounts (Amazon's U-P-U users, redundancy 0.008) the contrast carries the signal and
+    the context view stays out. An automatic weight under ``MIN_CONTEXT_WEIGHT`` (0.01, |rho| < 0.1) is
+    dropped to 0. A number fixes the weight (0: the deviation score alone). ``fit_info_`` records the
+    redundancy and the weight.
     """
 
     name: ClassVar[str] = "graph_deviation"
@@ -413,6 +419,8 @@ class GraphDeviationDetector(Detector):
             raise DataError("graph_deviation found no own (non-neighbour) numeric feature columns", field="X")
         redundancy, rho2 = self._redundancy(frame, numeric)
         weight = float(redundancy if w == "auto" else w) if self.context_ else 0.0
+        if w == "auto" and weight < MIN_CONTEXT_WEIGHT:
+            weight = 0.0
         self.context_weight_ = weight
         self.context_forest_ = None
         self.forests_, self.centers_, self.scales_, self.reference_ = [], [], [], []
