@@ -104,11 +104,10 @@ def test_bundle_manifest_is_kept(registry: ModelRegistry, tmp_path: Path) -> Non
 
 
 def test_cli_register_promote_list_rollback(tmp_path: Path) -> None:
+    from tests.security.conftest import small_bundle
     from typer.testing import CliRunner
 
     from shopguard.cli.main import app
-
-    from tests.security.conftest import small_bundle
 
     runner = CliRunner()
     root = tmp_path / "models"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.security.conftest import auth, event, running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +69,8 @@ def test_d14_numbers_must_be_json_numbers(tmp_path: Path, field: str, value: Any
         e = event("x", **{field: value})
         if field == "rating":
             e.update(type="review", text="fine", item_id="i1", rating=value)
-            e.pop("amount"); e.pop("status"); e.pop("payment_instrument")
+            for k in ("amount", "status", "payment_instrument"):
+                e.pop(k)
         r = c.post("/v1/events", json=e, headers=auth(keys["ingest"]))
         assert r.status_code == 422 and r.json()["field"] == field, r.text
 
@@ -125,9 +125,9 @@ def test_d14_a_stalled_body_is_answered_408(tmp_path: Path) -> None:
     import threading
 
     import uvicorn
+    from tests.security.conftest import make_keys
 
     from shopguard.api import ServiceSettings, create_app
-    from tests.security.conftest import make_keys
 
     db = tmp_path / "shop.duckdb"
     keys = make_keys(db)

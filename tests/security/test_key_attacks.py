@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from shopguard.cli.main import app as cli
 from tests.security.conftest import auth, event, running
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -6,11 +6,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from tests.security.conftest import event
 
 from shopguard.api import scoring
 from shopguard.api.scoring import DecisionEngine
 from shopguard.store import EventStore
-from tests.security.conftest import event
 
 BIG = {"score": 0.93, "probability": 0.97, "risk_level": "critical", "action": "block",
        "reasons": [{"code": f"R{i}", "text": "x" * 300 + str(i), "source": "model"} for i in range(12)],

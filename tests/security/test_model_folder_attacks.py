@@ -9,11 +9,11 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from tests.security.conftest import reseal, small_bundle
 
 from shopguard.errors import ModelError
 from shopguard.models.bundle import ModelBundle
 from shopguard.models.calibration import Calibrator
-from tests.security.conftest import reseal, small_bundle
 
 
 class _Evil:

@@ -8,9 +8,10 @@ import json
 import stat
 from pathlib import Path
 
+from tests.security.conftest import auth, event, running
+
 from shopguard.events.privacy import Pseudonymiser, key_file_for, pseudonymiser_for_store
 from shopguard.events.schema import derive_event_id, parse_event
-from tests.security.conftest import auth, event, running
 
 KEY = "a-secret-key-of-32-characters!!!"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.security.conftest import auth, event, running, small_bundle
 
 RULES = ("rules:\n"

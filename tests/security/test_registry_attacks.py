@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.security.conftest import auth, reseal, running, small_bundle
 from typer.testing import CliRunner
 
 from shopguard.cli.main import app as cli
 from shopguard.models.registry import ModelRegistry
-from tests.security.conftest import auth, reseal, running, small_bundle
 
 runner = CliRunner()
 

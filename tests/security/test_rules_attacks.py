@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.security.conftest import GOOD_RULES, auth, event, running
 from typer.testing import CliRunner
 
 from shopguard.cli.main import app as cli
 from shopguard.decision.rules import ReloadingRules, RuleSet, evaluate
 from shopguard.errors import ValidationFailed
-from tests.security.conftest import GOOD_RULES, auth, event, running
 
 runner = CliRunner()
 CHAIN = "+".join(["1"] * 975) + " > 0"  # under 2,000 characters

@@ -8,8 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from shopguard.api.deps import audit, create_key, require, revoke_key
-from shopguard.api.schemas import (ErrorOut, KeyCreatedOut, KeyCreateIn, KeyRevokedOut, ModelStatusOut,
-                                   RulesStatusOut)
+from shopguard.api.schemas import (
+    ErrorOut,
+    KeyCreatedOut,
+    KeyCreateIn,
+    KeyRevokedOut,
+    ModelStatusOut,
+    RulesStatusOut,
+)
 
 router = APIRouter(tags=["admin"])
 _ERR = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": ErrorOut}}
