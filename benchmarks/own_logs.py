@@ -140,6 +140,7 @@ def takehome(data: Path, work: Path, seed: int) -> Log:
                drop=["user_id"])
 
 
+PLAIN: dict[str, tuple[dict[str, float], dict[str, str]]] = {}  # per log: the plain scores and the split
 LOGS: dict[str, Callable[[Path, Path, int], Log]] = {
     "handbook": handbook, "handbook_partial": handbook_partial, "handbook_2day": handbook_2day,
     "takehome": takehome,
@@ -245,6 +246,7 @@ def run_log(log: Log, work: Path, tune_budget: float, env: dict[str, str]) -> li
         scores, labels = our_scores(db, model, split, env)
         if plain is None:  # the same test rows for every variant: the first model's split
             plain = (plain_scores(log, split, set(scores)), split)
+            PLAIN[log.name] = plain
         ids = sorted(set(scores) & set(plain[0]))
         y = np.array([labels[i] for i in ids])
         ours = metrics(y, np.array([scores[i] for i in ids]))
@@ -267,12 +269,80 @@ def run_log(log: Log, work: Path, tune_budget: float, env: dict[str, str]) -> li
     return rows
 
 
+def serve_check(db: Path, model: Path, env: dict[str, str], port: int = 18731) -> dict[str, Any]:
+    """Start ``shopguard serve`` on loopback with the model and decide one event over HTTP."""
+    import duckdb
+    import httpx
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute("SELECT * FROM events ORDER BY ts DESC LIMIT 1").fetchone()
+        cols = [d[0] for d in con.description]
+    finally:
+        con.close()
+    event = {k: (v.isoformat() if hasattr(v, "isoformat") else v)
+             for k, v in zip(cols, row, strict=True) if v is not None and k != "ingested_at"}
+    event["event_id"] = "served-" + str(event["event_id"])
+    if isinstance(event.get("attrs"), str):
+        event["attrs"] = json.loads(event["attrs"])
+    proc = subprocess.Popen([*SHOPGUARD, "serve", "--db", str(db), "--model", str(model), "--no-auth",
+                             "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                return {"served": False, "error": (proc.stdout.read() if proc.stdout else "")[-2000:]}
+            time.sleep(1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/events", json=event, timeout=30)
+        body = r.json()
+        return {"served": r.status_code == 200, "status": r.status_code,
+                "decision": {k: body.get(k) for k in ("action", "risk_level", "probability", "model_version")}
+                if isinstance(body, dict) else body}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_fusion(log: Log, work: Path, split: dict[str, str], plain: dict[str, float], env: dict[str, str],
+               epochs: int) -> dict[str, Any]:
+    """The behaviour transformer pretrained on the log before the test window, fused with the features."""
+    db = work / f"{log.name}.duckdb"
+    seq, model = work / f"{log.name}-seq", work / f"{log.name}-fusion"
+    t0 = time.perf_counter()
+    cli("pretrain", "--db", str(db), "--out", str(seq), "--until", split["test_start"], "--epochs", str(epochs),
+        env=env)
+    cli("train", "--db", str(db), "--out", str(model), "--detector", "fusion", "--sequence-model", str(seq), env=env)
+    train_s = time.perf_counter() - t0
+    scores, labels = our_scores(db, model, split, env)
+    ids = sorted(set(scores) & set(plain))
+    y = np.array([labels[i] for i in ids])
+    ours = metrics(y, np.array([scores[i] for i in ids]))
+    base = metrics(y, np.array([plain[i] for i in ids]))
+    served = serve_check(db, model, env)
+    return {"dataset": log.name, "model": "shopguard_fusion", **ours, "test_events": len(ids),
+            "test_positives": int(y.sum()), "ratio_to_plain": ours["average_precision"] / base["average_precision"],
+            "roc_auc_ratio_to_plain": ours["roc_auc"] / base["roc_auc"], "train_s": round(train_s, 1),
+            "onnx_exported": (model / "onnx").exists(), **served}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--logs", default=",".join(LOGS), help=f"comma-separated, from {', '.join(LOGS)}")
     ap.add_argument("--tune-budget", type=float, default=60.0, help="seconds for `train --tune` (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fusion", default="", help="comma-separated logs on which to also pretrain the behaviour "
+                    "transformer and train --detector fusion, then serve it (e.g. handbook_2day,takehome)")
+    ap.add_argument("--fusion-epochs", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="folder for derived logs and stores (default: temp)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -287,6 +357,9 @@ def main() -> None:
         log = LOGS[name](args.data, work, args.seed)
         t0 = time.perf_counter()
         rows += run_log(log, work, args.tune_budget, env)
+        if name in args.fusion.split(","):
+            scores, split = PLAIN[name]
+            rows.append(run_fusion(log, work, split, scores, env, args.fusion_epochs))
         console.print(f"  done in {time.perf_counter() - t0:.0f} s")
     t = Table(title="Own logs, plain CLI with default flags, against a plain LightGBM script on the same test rows")
     for c in ("dataset", "model", "events", "pos", "ROC-AUC", "AP", "R@1%FPR", "AP ratio", "eval AUC / AP"):
