@@ -114,3 +114,22 @@ def test_too_few_labels_are_refused_with_advice(tmp_path: Path) -> None:
     # An unsupervised detector needs no labels to train: the same log trains.
     assert train(store, tmp_path / "u", detector="ecod").detector.name == "ecod"
     store.close()
+
+
+def test_the_mapping_can_declare_unlabelled_events_legitimate(tmp_path: Path) -> None:
+    from shopguard.features.targets import label_rule
+
+    csv = tmp_path / "p.csv"
+    payment_log(csv, n=300)
+    mapping = mapping_from_dict({
+        "name": "payments", "path": str(csv), "event_type": "pay", "event_id": {"column": "tx"},
+        "columns": {"user_id": "customer", "amount": "amount", "ts": "when"},
+        "label": {"column": "is_fraud", "positive": [1], "negative": [0], "unknown": [2], "unlabeled": "negative"},
+    })
+    store = EventStore(tmp_path / "s.duckdb")
+    ingest_source(mapping, store)
+    rule = label_rule(store)
+    assert rule.unlabeled == "negative" and "mapping" in rule.reason
+    assert label_rule(store, "ignore").unlabeled == "ignore"  # the command line still wins
+    assert event_targets(store)["labeled"].all()
+    store.close()

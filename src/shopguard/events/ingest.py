@@ -868,6 +868,8 @@ def ingest_source(
         label_event = None
         if mapping.label is not None:
             label_event = mapping.label.event or ctx.events[0].name
+            if mapping.label.unlabeled != "auto":  # the mapping's word on unlabelled events holds store-wide
+                store.set_setting("unlabeled", mapping.label.unlabeled)
         for raw, malformed in _handle_read_errors(chunks, path):
             n_read = raw.height + malformed.height
             report.rows_read += n_read

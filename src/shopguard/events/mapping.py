@@ -121,6 +121,9 @@ class LabelSpec(_Strict):
     labeled_at: str | None = Field(None, description="Column holding when the label became known.")
     labeled_at_time: TimeSpec | None = None
     source: str | None = None
+    unlabeled: Literal["auto", "negative", "ignore"] = Field(
+        "auto", description="What events without a label row are, for the whole store: auto (unlabelled when "
+        "explicit negatives exist, else legitimate), negative (legitimate) or ignore (unlabelled).")
 
     @field_validator("scenarios", mode="before")
     @classmethod

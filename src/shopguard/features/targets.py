@@ -65,6 +65,9 @@ def label_rule(store: EventStore, unlabeled: str = "auto") -> LabelRule:
     where = "/".join(kinds) or "event"
     if unlabeled != "auto":
         return LabelRule(unlabeled, source, f"unlabeled={unlabeled} was asked for")  # type: ignore[arg-type]
+    declared = store.setting("unlabeled")
+    if declared in ("negative", "ignore"):
+        return LabelRule(declared, source, f"the source mapping says unlabeled: {declared}")  # type: ignore[arg-type]
     if negatives:
         return LabelRule("ignore", source, f"the store holds {negatives:,} explicit negative {where} labels "
                                            "(label 0), so events without a label row are unlabelled, not legitimate")

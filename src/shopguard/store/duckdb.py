@@ -348,6 +348,17 @@ class EventStore:
         sql = "SELECT * FROM labels" + (" WHERE " + " AND ".join(where) if where else "")
         return self.query(sql + " ORDER BY labeled_at, entity_kind, entity_id", params)
 
+    def setting(self, key: str) -> str | None:
+        """A store-wide setting written by ingest (e.g. ``unlabeled`` from a mapping), or ``None``."""
+        if "settings" not in self.query("SELECT table_name FROM information_schema.tables")["table_name"].to_list():
+            return None  # a read-only store from before migration 3
+        df = self.query("SELECT value FROM settings WHERE key = ?", [key])
+        return str(df["value"][0]) if df.height else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self.con.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value])
+
     def decision(self, event_id: str) -> dict[str, Any] | None:
         df = self.query("SELECT * FROM decisions WHERE event_id = ?", [event_id])
         return df.row(0, named=True) if df.height else None

@@ -88,4 +88,14 @@ MIGRATIONS.append(
         ],
     )
 )
+
+# Migration 3: what a source's mapping says about the whole store (e.g. `label.unlabeled`).
+MIGRATIONS.append(
+    (
+        3,
+        "settings",
+        ["CREATE TABLE IF NOT EXISTS settings (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL, "
+         "updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"],
+    )
+)
 LATEST_VERSION = MIGRATIONS[-1][0]
