@@ -29,14 +29,18 @@ def evaluate(
     since: Annotated[datetime | None, typer.Option("--since", help="Window start (default: the model's test window).")] = None,
     until: Annotated[datetime | None, typer.Option("--until", help="Window end (exclusive).")] = None,
     k: Annotated[int, typer.Option("--k", help="Daily alert budget for precision@k.")] = 100,
+    unlabeled: Annotated[str | None, typer.Option(
+        "--unlabeled", help="auto, negative or ignore: what events without a label row are (default: the rule "
+        "each model was trained under).")] = None,
 ) -> None:
-    """Evaluate models on a time window after their training (known-fraud users removed per day)."""
+    """Evaluate models on a time window after their training (known-fraud users removed per day, unlabelled
+    events left out)."""
     from shopguard.pipeline import evaluate as run_evaluate
 
     with open_existing(db, read_only=True) as store, progress(transient=True) as prog:
         task = prog.add_task("evaluating", total=None)
         report = run_evaluate(store, model, since=since, until=until, json_path=json_path, html_path=html_path,
-                              k=k, on_step=lambda m: prog.update(task, description=m))
+                              k=k, unlabeled=unlabeled, on_step=lambda m: prog.update(task, description=m))
     print_report(report)
     for p in (json_path, html_path):
         if p:
