@@ -66,21 +66,73 @@ def test_d9_a_pickled_calibrator_is_refused_without_running_it(model: Path, tmp_
     assert not marker.exists()
 
 
-def test_d9_a_tampered_detector_pickle_is_refused_without_running_it(model: Path, tmp_path: Path) -> None:
+def test_d9_a_saved_model_folder_holds_no_pickle(model: Path) -> None:
+    files = [p for p in model.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".joblib", ".pkl", ".pickle")]
+    for p in files:  # whatever the name: no file starts with a pickle protocol header
+        assert not p.read_bytes()[:1] == b"\x80", p
+    names = {p.name for p in (model / "detector").iterdir()}
+    assert {"detector.json", "state.json", "state.npz", "lgb_0.txt"} <= names
+
+
+@pytest.mark.parametrize("name", ["detector/state.joblib", "detector/extra.pkl", "calibrator.pickle",
+                                  "detector/sub/x.joblib"])
+def test_d9_a_resealed_folder_with_a_malicious_pickle_never_runs_it(model: Path, tmp_path: Path,
+                                                                     name: str) -> None:
+    """The regression for D9 without pickles: a malicious pickle dropped anywhere in the folder and
+    re-sealed is refused with 'retrain' before anything is read; the pickle is never opened."""
     d = _copy(model, tmp_path / "evil2")
     marker = tmp_path / "pwned2"
-    state = next((d / "detector").glob("*.joblib"))
-    joblib.dump({"booster_": _Evil(marker)}, state)
+    target = d / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"booster_": _Evil(marker)}, target)
     reseal(d)
-    with pytest.raises(ModelError, match="may not contain"):
+    with pytest.raises(ModelError, match="retrain"):
         ModelBundle.load(d)
+    if name.startswith("detector/"):
+        from shopguard.models.base import load_detector
+
+        with pytest.raises(ModelError, match="retrain"):
+            load_detector(d / "detector")
     assert not marker.exists()
-    # a plain pickle too
-    state.write_bytes(pickle.dumps({"x": _Evil(marker)}))
+
+
+def test_d9_a_pickle_disguised_as_the_state_files_is_never_unpickled(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "disguised")
+    marker = tmp_path / "pwned3"
+    (d / "detector" / "state.npz").write_bytes(pickle.dumps({"x": _Evil(marker)}))
+    reseal(d)
+    with pytest.raises(ModelError):
+        ModelBundle.load(d)
+    # an npz holding an object array (a pickle inside the zip) is refused by allow_pickle=False
+    np.savez(d / "detector" / "state.npz", a0=np.array([_Evil(marker)], dtype=object))
     reseal(d)
     with pytest.raises(ModelError):
         ModelBundle.load(d)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("cls", ["os:system", "subprocess:Popen", "builtins:eval", "shopguard.models.base:Path",
+                                 "sklearn.utils:__builtins__"])
+def test_d9_state_json_naming_a_foreign_class_is_refused(model: Path, tmp_path: Path, cls: str) -> None:
+    d = _copy(model, tmp_path / "foreign_state")
+    state = json.loads((d / "detector" / "state.json").read_text())
+    state["state"]["encoder_"] = {"__sg__": "obj", "class": cls, "dict": {}}
+    state["state"]["extra_"] = {"__sg__": "func", "module": cls.split(":")[0], "name": cls.split(":")[1]}
+    (d / "detector" / "state.json").write_text(json.dumps(state))
+    reseal(d)
+    with pytest.raises(ModelError, match="may not contain|cannot be rebuilt"):
+        ModelBundle.load(d)
+
+
+def test_d9_state_json_cannot_point_outside_the_folder(model: Path, tmp_path: Path) -> None:
+    d = _copy(model, tmp_path / "escape")
+    state = json.loads((d / "detector" / "state.json").read_text())
+    state["state"]["booster_"]["file"] = "../policy.json"
+    (d / "detector" / "state.json").write_text(json.dumps(state))
+    reseal(d)
+    with pytest.raises(ModelError, match="outside the folder"):
+        ModelBundle.load(d)
 
 
 def test_d9_a_foreign_detector_class_is_never_imported(model: Path, tmp_path: Path) -> None:

@@ -20,12 +20,12 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-import joblib
 import numpy as np
 
 from shopguard.errors import ModelError
+from shopguard.models.state import STATE_JSON, load_state, refuse_pickles, save_state
 
-STATE_FILE = "state.joblib"
+STATE_FILE = STATE_JSON  # with state.npz and any lgb_*.txt / frame_*.arrow (shopguard.models.state)
 META_FILE = "detector.json"
 
 
@@ -95,13 +95,12 @@ class Detector(ABC):
         return folder
 
     def _save_state(self, folder: Path) -> None:
-        """Default: pickle the learned attributes. Deep models override to write their own formats."""
-        state = {k: v for k, v in vars(self).items() if k.endswith("_")}
-        joblib.dump(state, folder / STATE_FILE)
+        """Default: the learned attributes as JSON, npz, LightGBM text and Arrow files, never a pickle
+        (``shopguard.models.state``). Deep models override to write their own formats (safetensors)."""
+        save_state(folder, {k: v for k, v in vars(self).items() if k.endswith("_") and k != "metadata_"})
 
     def _load_state(self, folder: Path) -> None:
-        state = joblib.load(folder / STATE_FILE)
-        for k, v in state.items():
+        for k, v in load_state(folder).items():
             setattr(self, k, v)
 
 
@@ -116,6 +115,7 @@ def load_detector(path: str | Path) -> Detector:
     meta_file = folder / META_FILE
     if not meta_file.exists():
         raise ModelError(f"no detector at {folder} ({META_FILE} missing)", field="model", value=str(folder))
+    refuse_pickles(folder, "detector")  # older versions pickled their state: never read, retrain
     try:
         meta = json.loads(meta_file.read_text())
         module_name, _, cls_name = meta["class"].rpartition(".")

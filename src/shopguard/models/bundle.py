@@ -12,11 +12,12 @@
 ``ModelBundle.load`` refuses a directory whose files changed since it was written, whose format is
 newer than this code, or whose feature set the current feature engine cannot reproduce. A manifest's
 checksums sit beside the files, so they catch corruption, not an attacker who re-seals a folder: nothing
-in a model folder may therefore run code when loaded. The calibrator is JSON; a folder still holding
-the pickled ``calibrator.joblib`` of older versions is refused (retrain it); the detector's own state
-files that are still pickles (``detector/state.joblib``) are first read by an unpickler that only builds
-allow-listed classes of numpy, scipy, scikit-learn, LightGBM, PyOD and shopguard's model modules and
-never calls any other function (``check_pickle``), and the detector class must be a shopguard one.
+in a model folder may therefore run code when loaded, and nothing in it is a pickle: the calibrator is
+JSON, the detector's state is JSON, npz (read with ``allow_pickle=False``), LightGBM text models, Arrow
+frames and safetensors / weights-only tensors (``shopguard.models.state``). A folder holding any
+``.joblib``, ``.pkl`` or ``.pickle`` file (the ``calibrator.joblib`` or ``detector/state.joblib`` of
+older versions) is refused before anything is read, with the advice to retrain; the detector class must
+be a shopguard one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from shopguard.errors import ConfigError, ModelError, ValidationFailed
 from shopguard.events.schema import SCHEMA_VERSION
 from shopguard.models.base import Detector, load_detector
 from shopguard.models.calibration import Calibrator
+from shopguard.models.state import refuse_pickles
 from shopguard.models.tabular import as_polars, check_columns
 
 FORMAT = "shopguard-model"
@@ -225,6 +227,7 @@ class ModelBundle:
             raise ModelError(f"model at {folder} keeps its calibrator as a pickle ({LEGACY_CALIBRATOR_FILE}), which "
                              "could run code when loaded, or has none: retrain it with this shopguard "
                              "(`shopguard train --out DIR`)", field="calibrator", value=str(folder))
+        refuse_pickles(folder)  # anywhere in the folder: pickles are never read, whatever their name says
         check_detector_folder(folder / DETECTOR_DIR)
         detector = load_detector(folder / DETECTOR_DIR)
         calibrator = Calibrator.load_json(folder / CALIBRATOR_FILE)
@@ -241,60 +244,8 @@ class ModelBundle:
         )
 
 
-# ---------------------------------------------------------------------------------------------------
-# Pickles in model folders: only allow-listed classes are ever built, no other function is ever called
-# ---------------------------------------------------------------------------------------------------
-_PICKLE_FUNCTIONS = frozenset({
-    ("copyreg", "_reconstructor"), ("_codecs", "encode"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
-    ("numpy.random._pickle", "__generator_ctor"),
-})
-_PICKLE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "object", "slice", "complex", "bytearray",
-                              "range", "int", "float", "str", "bytes", "bool"})
-_PICKLE_CLASS_MODULES = ("numpy", "scipy", "sklearn", "lightgbm", "pyod", "collections", "joblib.numpy_pickle",
-                         "shopguard.models", "shopguard.features")
-
-
-def _allowed_module(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in _PICKLE_CLASS_MODULES)
-
-
-def check_pickle(path: Path) -> None:
-    """Read a joblib/pickle file with an unpickler that refuses every global but allow-listed classes and
-    a few numpy/copyreg reconstructors; ModelError naming the offending global otherwise. Nothing it
-    refuses is ever imported or called."""
-    from joblib import numpy_pickle as jnp
-
-    class _Guarded(jnp.NumpyUnpickler):  # type: ignore[misc, name-defined]
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) in _PICKLE_FUNCTIONS:
-                return super().find_class(module, name)
-            if module == "builtins" and name in _PICKLE_BUILTINS:
-                return super().find_class(module, name)
-            if _allowed_module(module) and "." not in name and not name.startswith("__"):
-                obj = super().find_class(module, name)
-                if isinstance(obj, type) and not issubclass(obj, np.memmap):
-                    return obj
-            raise ModelError(f"{path} asks to load {module}.{name}, which a model file may not contain: the "
-                             "folder was tampered with or comes from elsewhere; retrain or restore it",
-                             field="model", value=str(path))
-
-    try:
-        with path.open("rb") as fh, jnp._validate_fileobject_and_memmap(fh, str(path), None) as (fobj, _mm):
-            if isinstance(fobj, str):  # joblib < 0.10 format
-                raise ModelError(f"{path} uses an obsolete pickle format: retrain the model", field="model")
-            _Guarded(str(path), fobj, True, mmap_mode=None).load()
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{path} is unreadable: {str(exc)[:300]}", field="model", value=str(path)) from None
-
-
 def check_detector_folder(folder: Path) -> None:
-    """Before ``load_detector`` runs: the detector class is a shopguard one and its pickles are safe."""
+    """Before ``load_detector`` runs: the detector class is a shopguard one and the folder holds no pickle."""
     meta_file = folder / "detector.json"
     try:
         meta = json.loads(meta_file.read_text())
@@ -305,9 +256,7 @@ def check_detector_folder(folder: Path) -> None:
     if not cls_path.startswith(DETECTOR_MODULES):
         raise ModelError(f"detector class {cls_path!r} is not a shopguard detector: refused", field="model",
                          value=cls_path)
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix in (".joblib", ".pkl", ".pickle"):
-            check_pickle(p)
+    refuse_pickles(folder, "detector")
 
 
 def seal_files(path: str | Path, subfolder: str) -> int:

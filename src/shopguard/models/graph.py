@@ -712,17 +712,19 @@ class GraphSAGEDetector(Detector):
             return torch.softmax(self.net_(x, a), dim=1)[:, 1].numpy().astype(np.float64)
 
     def _save_state(self, folder: Any) -> None:
-        import joblib
         import torch
 
-        torch.save(self.net_.state_dict(), folder / "graphsage.pt")
-        joblib.dump({"mean_": self.mean_, "std_": self.std_, "n_features_": self.n_features_}, folder / "state.joblib")
+        from shopguard.models.state import save_state
+
+        torch.save(self.net_.state_dict(), folder / "graphsage.pt")  # tensors only: read with weights_only
+        save_state(folder, {"mean_": self.mean_, "std_": self.std_, "n_features_": self.n_features_})
 
     def _load_state(self, folder: Any) -> None:
-        import joblib
         import torch
 
-        for k, v in joblib.load(folder / "state.joblib").items():
+        from shopguard.models.state import load_state
+
+        for k, v in load_state(folder).items():
             setattr(self, k, v)
         net = self._net(self.n_features_)
         net.load_state_dict(torch.load(folder / "graphsage.pt", weights_only=True))

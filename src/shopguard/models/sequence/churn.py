@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-import joblib
 import numpy as np
 import polars as pl
 import torch
@@ -38,13 +37,14 @@ from shopguard.models.base import Detector
 from shopguard.models.sequence.cutoffs import UserWindows, as_cutoffs, windows_for_rows
 from shopguard.models.sequence.network import FoundationModel, _k
 from shopguard.models.sequence.tokenizer import DT_EDGES, OFFSET
+from shopguard.models.state import load_state, save_state
 
 # What others do to an account (carriers, merchants, the shop): not the user's own activity.
 PASSIVE_TYPES: tuple[str, ...] = ("shipment", "refund", "price_change")
 FEATURE_SETS: tuple[str, ...] = ("rfm", "sequence", "hybrid", "dt_head")
 HEADS: tuple[str, ...] = ("logistic", "lightgbm")
 MODEL_DIR = "model"
-HEAD_FILE = "churn_head.joblib"
+HEAD_FILE = "state.json"  # the head as plain state (shopguard.models.state), never a pickle
 DAY_S = 86_400.0
 
 
@@ -303,10 +303,9 @@ class ChurnRiskDetector(Detector):
     def _save_state(self, folder: Path) -> None:
         if self.model_ is not None:
             self.model_.save(folder / MODEL_DIR)
-        joblib.dump({"head_": self.head_, "base_rate_": self.base_rate_, "n_fit_rows_": self.n_fit_rows_},
-                    folder / HEAD_FILE)
+        save_state(folder, {"head_": self.head_, "base_rate_": self.base_rate_, "n_fit_rows_": self.n_fit_rows_})
 
     def _load_state(self, folder: Path) -> None:
         self.model_ = FoundationModel.load(folder / MODEL_DIR) if (folder / MODEL_DIR).exists() else None
-        for k, v in joblib.load(folder / HEAD_FILE).items():
+        for k, v in load_state(folder).items():
             setattr(self, k, v)
