@@ -27,6 +27,7 @@ replays: computed in ``update``, learnt with the pending events, user and event 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import threading
 from collections import Counter, deque
@@ -86,7 +87,15 @@ class _Window:
 
     def add(self, t: int, v: Any, numeric: bool) -> None:
         if self.keep:
-            self.items.append((t, v))
+            items = self.items
+            if items and items[-1][0] > t:
+                # A late event goes in time order, so eviction (oldest first) never stops at a later one.
+                i = len(items)
+                while i and items[i - 1][0] > t:
+                    i -= 1
+                items.insert(i, (t, v))
+            else:
+                items.append((t, v))
         self.n += 1
         if v is None:
             return
@@ -119,6 +128,29 @@ class _Window:
         if not items or self.nv == 0:
             # Start again from exact zeros so subtraction drift never accumulates.
             self.s = self.s2 = 0.0
+
+    def before(self, t: int, numeric: bool, user: Any) -> tuple[int, int, float, float, int, int]:
+        """``(n, nv, s, s2, distinct, user's events)`` of the items strictly before ``t``: what an event
+        at ``t`` sees when items at or after it are held (a late event, or one dated in the future)."""
+        n, nv, s, s2 = self.n, self.nv, self.s, self.s2
+        drop: Counter[Any] = Counter()
+        for ts, v in reversed(self.items):
+            if ts < t:
+                break
+            n -= 1
+            if v is None:
+                continue
+            drop[v] += 1
+            if numeric:
+                nv -= 1
+                s -= v
+                s2 -= v * v
+        if nv == 0:
+            s = s2 = 0.0
+        c = self.counter
+        nd = 0 if c is None else len(c) - sum(1 for v, k in drop.items() if c.get(v, 0) <= k)
+        nu = 0 if c is None or user is None else c.get(user, 0) - drop.get(user, 0)
+        return n, nv, s, s2, nd, nu
 
 
 class _Spec:
@@ -254,7 +286,7 @@ class OnlineFeatureEngine:
         # Events that may still be labelled, for label-delayed features: event_id -> (entity per spec, ts)
         self._pos_index: dict[str, tuple[int, str | None, list[tuple[_Spec, Any]]]] = {}
         self._order_events: dict[str, list[str]] = {}
-        self._index_order: deque[tuple[int, str]] = deque()
+        self._index_order: list[tuple[int, str]] = []  # heap of (ts, event_id)
         # Smoothed label rates: earliest labeled_at of any label (positive known times: _event_known), and
         # every learnt event a label may still reach: event_id -> [ts, order_id, [(spec, entity)], vp, vl].
         self._event_labelled: dict[str, int] = {}
@@ -422,9 +454,19 @@ class OnlineFeatureEngine:
                 else:
                     bisect.insort(lst, t)
             elif code == _LAST:
-                prev = st.get(ent)
-                if prev is None or t > prev:
-                    st[ent] = t
+                # The latest times (a few, ascending): an event sees the latest one before it, so one event
+                # dated in the future cannot hide the real previous one from every event after it.
+                lst = st.get(ent)
+                if lst is None:
+                    st[ent] = [t]
+                elif t > lst[-1]:
+                    lst.append(t)
+                    if len(lst) > _LAST_KEEP:
+                        del lst[0]
+                elif t not in lst:
+                    bisect.insort(lst, t)
+                    if len(lst) > _LAST_KEEP:
+                        del lst[0]
             elif code == _FIRST:
                 prev = st.get(ent)
                 if prev is None or t < prev:
@@ -511,10 +553,12 @@ class OnlineFeatureEngine:
         self._pos_index[eid] = (t, oid, targets)
         if oid:
             self._order_events.setdefault(oid, []).append(eid)
-        self._index_order.append((t, eid))
+        # A heap by time, not arrival: an event dated in the future waits at the bottom and never holds
+        # the events learnt after it in memory.
+        heapq.heappush(self._index_order, (t, eid))
         horizon = max((s.window or 0) + s.delay for s in self._pos_specs)
         while self._index_order and self._index_order[0][0] < t - horizon:
-            _, old = self._index_order.popleft()
+            _, old = heapq.heappop(self._index_order)
             entry = self._pos_index.pop(old, None)
             if entry is not None and entry[1]:
                 evs = self._order_events.get(entry[1])
@@ -552,26 +596,32 @@ class OnlineFeatureEngine:
                     for name, agg, fld in stats:
                         out[name] = finish_stats(agg, 0, 0.0, 0.0, get(fld) if fld else None)
                     continue  # shares stay missing: the entity has no events
+                items = w.items
                 if window is not None:
-                    items = w.items
+                    # Evicted relative to this event's time, oldest first (items are in time order).
                     if items and items[0][0] < t - window:  # most events evict nothing: skip the call
                         w.evict(t - window, numeric)
                     elif not items or w.nv == 0:
                         w.s = w.s2 = 0.0  # as evict() does when no number is left: exact zeros, no drift
+                user = get("user_id") if shares else None
+                if items and items[-1][0] >= t:  # items at or after this event (future-dated, late): unseen
+                    wn, wnv, ws, ws2, wnd, wnu = w.before(t, numeric, user)
+                else:
+                    wn, wnv, ws, ws2 = w.n, w.nv, w.s, w.s2
+                    wnd = len(w.counter) if w.counter is not None else 0
+                    wnu = w.counter.get(user, 0) if shares and w.counter is not None and user is not None else 0
                 if counts:
-                    n = float(w.n)
+                    n = float(wn)
                     for name in counts:
                         out[name] = n
                 if distinct:
-                    nd = float(len(w.counter)) if w.counter is not None else 0.0
+                    nd = float(wnd)
                     for name in distinct:
                         out[name] = nd
                 for name, agg, fld in stats:
-                    out[name] = finish_stats(agg, w.nv, w.s, w.s2, get(fld) if fld else None)
+                    out[name] = finish_stats(agg, wnv, ws, ws2, get(fld) if fld else None)
                 if shares:
-                    user = get("user_id")
-                    share = (w.counter.get(user, 0) / w.n if user is not None and w.n > 0  # type: ignore[union-attr]
-                             else None)
+                    share = wnu / wn if user is not None and wn > 0 else None
                     for name in shares:
                         out[name] = share
             elif code == _RATE:
@@ -590,6 +640,9 @@ class OnlineFeatureEngine:
                     out[name] = _label_hits(pos, ent, t) / n if n > 0 else None
             elif code == _SINCE:
                 prev = spec.state.get(ent)
+                if type(prev) is list:  # "last": the latest time strictly before this event
+                    i = bisect.bisect_left(prev, t)
+                    prev = prev[i - 1] if i else None
                 value = (t - prev) / 1e6 if prev is not None else None
                 for name in names:
                     out[name] = value
@@ -622,6 +675,7 @@ class OnlineFeatureEngine:
 
 
 _WIN, _DELAYED, _SINCE, _NEW, _LAST, _FIRST, _POS, _RATE = range(8)
+_LAST_KEEP = 4  # latest times kept per entity for "seconds since the last ..." features
 
 
 def _matured(st: list[Any], i: int, t: int) -> int:
