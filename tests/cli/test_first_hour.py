@@ -68,7 +68,7 @@ def test_demo_store_is_found_by_stats_and_every_hint_runs(tmp_path: Path, monkey
                               "--seed", "3", "--no-foundation"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "shopguard-data" / "shop.duckdb").exists()
-    _width_ok(res.stdout)
+    _width_ok(res.stdout.split("Next (")[0])  # the hinted commands stay on one line each, to copy them whole
     stats = runner.invoke(app, ["stats"])
     assert stats.exit_code == 0 and "no store" not in stats.output, stats.output
     hints = [line.strip() for line in res.stdout.split("Next (after `source .venv/bin/activate`):")[1].splitlines()
