@@ -79,19 +79,20 @@ def score(
     if n == 0:
         mine, other = counts["mine"], counts["other"]
         if mine:
-            out.print(f"{mine:,} events{window} were already decided by this model; nothing new written",
+            out.print(f"{_events(mine)}{window} {'was' if mine == 1 else 'were'} already decided by this model; "
+                      "nothing new written",
                       soft_wrap=True)
         else:
             out.print(f"no events{window} to decide; nothing new written", soft_wrap=True)
         if other:
-            out.print(f"{other:,} events{window} keep the decisions of another model (each event is decided once)",
+            out.print(f"{_events(other)}{window} keep the decisions of another model (each event is decided once)",
                       soft_wrap=True)
     else:
         out.print(f"[bold green]{n:,} new decisions[/] written{window}")
         out.print(f"  model: {version}", markup=False, highlight=False)
         out.print("  " + ", ".join(f"{r['action']}: {r['n']:,}" for r in actions.iter_rows(named=True)))
         if counts["other"]:
-            out.print(f"  {counts['other']:,} events{window} kept the decisions of another model", soft_wrap=True)
+            out.print(f"  {_events(counts['other'])}{window} kept the decisions of another model", soft_wrap=True)
         if riskiest:
             print_decisions(riskiest, title=f"Riskiest {len(riskiest)} of the {n:,} new decisions")
     db_arg = "" if path == db_path(None) else f" --db {path}"
@@ -177,6 +178,10 @@ def _describe_window(since: datetime | None, until: datetime | None) -> str:
     if since is None and until is None:
         return ""
     return (f" since {since:%Y-%m-%d %H:%M}" if since else "") + (f" until {until:%Y-%m-%d %H:%M}" if until else "")
+
+
+def _events(n: int) -> str:
+    return f"{n:,} event{'' if n == 1 else 's'}"
 
 
 def _model_version(model: Path) -> str:
