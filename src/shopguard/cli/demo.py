@@ -43,7 +43,8 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 7,
     delay_days: Annotated[float, typer.Option("--delay-days", help="Label delay before the test week.")] = 3.0,
     test_days: Annotated[float, typer.Option("--test-days", help="Held-out test window.")] = 7.0,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the demo store and start again.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the store (HOME/shop.duckdb, or --db) and "
+                                                 "simulate again.")] = False,
     foundation: Annotated[
         bool, typer.Option("--foundation/--no-foundation", help="Also pretrain the tiny behaviour foundation model.")
     ] = True,
