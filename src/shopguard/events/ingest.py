@@ -923,9 +923,10 @@ def _ingest_chunk(raw: pl.DataFrame, ctx: _Ctx, store: EventStore, report: Inges
     rejects.write(pl.concat(problems))
     report.events_valid += events.height
     if events.height:
-        if seen is not None:
+        added = store.append_events(events.drop(ROW))
+        report.events_added += added
+        if seen is not None and added < events.height:  # some skipped: which were stored before this run
             report.already_stored += seen.count(events["event_id"])
-        report.events_added += store.append_events(events.drop(ROW))
     if labels is not None and labels.height:
         report.labels_positive += int(labels["label"].sum())
         report.labels_negative += int(labels.height - labels["label"].sum())
@@ -1025,10 +1026,11 @@ def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser
     report.rows_read += len(batch)
     report.events_valid += len(good)
     if good:
-        if seen is not None:
+        added = store.append_events(good)
+        report.events_added += added
+        if seen is not None and added < len(good):  # some skipped: which were stored before this run
             report.already_stored += seen.count(pl.Series("event_id", [r.get("event_id") for r in good],
                                                           dtype=pl.Utf8))
-        report.events_added += store.append_events(good)
     if on_progress is not None:
         on_progress(len(batch))
 
@@ -1037,7 +1039,8 @@ class _StoredBefore:
     """Counts the event ids of a batch the store already held when this ingestion started.
 
     Tells "already stored" apart from a repeat inside the input (which ``append_events`` skips the same
-    way): rows this run added carry a later ``ingested_at``. Free when the store started empty.
+    way): rows this run added carry a later ``ingested_at``, so it may run after the append. Free when the
+    store started empty; callers ask only when an append skipped rows.
     """
 
     def __init__(self, store: EventStore) -> None:
