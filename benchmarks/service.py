@@ -1,6 +1,7 @@
 """Decision-service benchmark: latency in-process and over HTTP (open and closed loop), sustained events/s.
 
     nice -n 10 .venv/bin/python benchmarks/service.py [--model DIR] [--train-transformer [--fusion]] [--json out.json]
+    nice -n 10 .venv/bin/python benchmarks/service.py --soak 600 [--soak-rate 300] --json soak.json
 
 A simulated shop gives realistic traffic: its first days are stored as history (online features and the
 account graph are rebuilt from them), the rest is replayed as live events. Without ``--model`` a small
@@ -21,7 +22,10 @@ from a slow client or a busy machine. With
 ``--sequence-model``/``--train-transformer`` the in-process and HTTP rows are repeated with the
 behaviour transformer in the path (its session surprise as ``sequence_score`` for the rules); with
 ``--fusion`` too, with the fusion model (transformer + engineered features, ``train --detector fusion``)
-as the model itself, decided from the service's per-user history cache. Published figures and targets are printed beside ours; ratios are
+as the model itself, decided from the service's per-user history cache. ``--soak SECONDS`` runs only a
+soak: one server, open loop at ``--soak-rate`` (300 events/s) for SECONDS, errors, p50/p99 and the
+server's RSS every ``--soak-sample`` seconds, with ``rss_growth_after_warmup`` = (last - RSS at 60 s) /
+RSS at 60 s in the JSON row. Published figures and targets are printed beside ours; ratios are
 against the in-process rules-only baseline measured in the same run.
 """
 
@@ -396,6 +400,67 @@ class Stream:
         return out
 
 
+class _SoakOnly(Exception):
+    """A soak run skips the other HTTP rows."""
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MB (VmRSS from /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def soak(db: Path, model: Path | None, rules: Path, live: list[dict[str, Any]], seconds: float, rate: float,
+         sample_s: float, connections: int) -> dict[str, Any]:
+    """Sustained open-loop load at ``rate`` events/s for ``seconds`` against one ``shopguard serve``, the
+    server's RSS sampled every ``sample_s`` s. ``rss_growth_after_warmup`` = (last - value at 60 s) / value
+    at 60 s (the first minute is warm-up: caches, the recent-decisions memory, the journal fill up)."""
+    import threading
+
+    console.print(f"soak: {rate:.0f} events/s for {seconds:.0f} s over HTTP (rules + lightgbm) …")
+    stream = Stream(live)
+    server = Server(fresh_copy(db, "soak"), model, rules)
+    gen = LoadGenerator()
+    try:
+        gen.run(server, single_bodies(stream.take(200)), None, 4)  # warm-up (not reported)
+        bodies = single_bodies(stream.take(int(rate * seconds)))
+        samples: list[tuple[float, float]] = []
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def drive() -> None:
+            try:
+                result.update(gen.run(server, bodies, rate, connections))
+            finally:
+                done.set()
+
+        t0 = time.monotonic()
+        worker = threading.Thread(target=drive, daemon=True)
+        worker.start()
+        while not done.wait(max(0.0, t0 + len(samples) * sample_s - time.monotonic())):
+            samples.append((round(time.monotonic() - t0, 1), round(rss_mb(server.proc.pid), 1)))
+        samples.append((round(time.monotonic() - t0, 1), round(rss_mb(server.proc.pid), 1)))
+        worker.join()
+    finally:
+        gen.close()
+        server.stop()
+    at60 = next((mb for t, mb in samples if t >= 60.0), samples[-1][1])
+    last = samples[-1][1]
+    return {"dataset": "simulated shop", "model": "rules + lightgbm", "mode": f"HTTP soak @ {rate:.0f}/s, {seconds:.0f} s",
+            "p50_ms": result.get("p50_ms"), "p99_ms": result.get("p99_ms"), "p999_ms": result.get("p999_ms"),
+            "events_per_s": result.get("achieved_per_s"), "events": len(bodies), "errors": result.get("errors"),
+            "offered_per_s": rate, "soak_s": seconds, "server_cpu_ms_per_request": result.get("server_cpu_ms_per_request"),
+            "rss_samples_mb": samples, "rss_start_mb": samples[0][1], "rss_at_60s_mb": at60, "rss_end_mb": last,
+            "rss_max_mb": max(mb for _, mb in samples),
+            "rss_growth_after_warmup": (last - at60) / at60 if at60 == at60 and at60 > 0 else float("nan"),
+            **{k: result[k] for k in ("loop_wakeups", "loop_late_5ms", "loop_late_10ms") if k in result}}
+
+
 def single_bodies(events: list[dict[str, Any]]) -> list[bytes]:
     return [json.dumps(e).encode() for e in events]
 
@@ -467,6 +532,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--batch-events", type=int, default=20_000)
     ap.add_argument("--json", type=Path, help="Write the rows here.")
+    ap.add_argument("--soak", type=float, metavar="SECONDS",
+                    help="Only a soak run: --soak-rate events/s for SECONDS against one server, with its RSS sampled "
+                         "(issue 15 acceptance: --soak 600, 0 errors, RSS growth <= 10%% after the first minute).")
+    ap.add_argument("--soak-rate", type=float, default=300.0, help="Arrival rate of the soak run (events/s).")
+    ap.add_argument("--soak-sample", type=float, default=5.0, help="Seconds between RSS samples of the soak run.")
     args = ap.parse_args()
 
     os.environ.setdefault("SHOPGUARD_PROGRESS", "0")
@@ -477,6 +547,10 @@ def main() -> None:
         if len(live) < need:
             console.print(f"[yellow]only {len(live):,} live events; some runs are shorter[/]")
         rows: list[dict[str, Any]] = []
+        if args.soak:
+            rows.append(soak(db, model, args.rules, live, args.soak, args.soak_rate, args.soak_sample,
+                             args.connections))
+            args.skip_in_process, args.rates, args.train_transformer, args.fusion = True, "", False, False
         fusion: Path | None = None
         if args.train_transformer and args.sequence_model is None:
             args.sequence_model = train_transformer(db, work / "sequence")
@@ -530,6 +604,8 @@ def main() -> None:
         stream = Stream(live[args.in_process + 10 * args.batch:] or live)
         gen = LoadGenerator()
         try:
+            if args.soak:
+                raise _SoakOnly
             variants: list[tuple[str, Path | None, Path | None]] = [("rules + lightgbm", model, None)]
             if args.sequence_model is not None:
                 variants.append(("rules + lightgbm + transformer", model, args.sequence_model))
@@ -561,6 +637,8 @@ def main() -> None:
                             {**res, "events": len(bulk)}, "achieved_per_s")
                 finally:
                     server.stop()
+        except _SoakOnly:
+            pass
         finally:
             gen.close()
 
@@ -578,6 +656,13 @@ def main() -> None:
                       "-" if r.get("loop_wakeups") is None else f"{r['loop_late_10ms']:.0f} / {r['loop_wakeups']:.0f}",
                       str(r["errors"]), ratio)
     console.print(table)
+    for r in rows:
+        if "rss_samples_mb" in r:
+            console.print(f"soak: {r['events']:,} events at {r['offered_per_s']:.0f}/s for {r['soak_s']:.0f} s, "
+                          f"{r['errors']} errors, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; server RSS "
+                          f"{r['rss_start_mb']:.0f} MB at start, {r['rss_at_60s_mb']:.0f} MB at 60 s, "
+                          f"{r['rss_end_mb']:.0f} MB at the end, max {r['rss_max_mb']:.0f} MB: growth after warm-up "
+                          f"{100 * r['rss_growth_after_warmup']:+.1f}%")
     pub = Table(title="Published figures and targets")
     pub.add_column("reference")
     pub.add_column("figure")

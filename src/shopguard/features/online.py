@@ -603,25 +603,32 @@ class OnlineFeatureEngine:
                         w.evict(t - window, numeric)
                     elif not items or w.nv == 0:
                         w.s = w.s2 = 0.0  # as evict() does when no number is left: exact zeros, no drift
-                user = get("user_id") if shares else None
                 if items and items[-1][0] >= t:  # items at or after this event (future-dated, late): unseen
+                    user = get("user_id") if shares else None
                     wn, wnv, ws, ws2, wnd, wnu = w.before(t, numeric, user)
-                else:
-                    wn, wnv, ws, ws2 = w.n, w.nv, w.s, w.s2
-                    wnd = len(w.counter) if w.counter is not None else 0
-                    wnu = w.counter.get(user, 0) if shares and w.counter is not None and user is not None else 0
+                    for name in counts:
+                        out[name] = float(wn)
+                    for name in distinct:
+                        out[name] = float(wnd)
+                    for name, agg, fld in stats:
+                        out[name] = finish_stats(agg, wnv, ws, ws2, get(fld) if fld else None)
+                    for name in shares:
+                        out[name] = wnu / wn if user is not None and wn > 0 else None
+                    continue
                 if counts:
-                    n = float(wn)
+                    n = float(w.n)
                     for name in counts:
                         out[name] = n
                 if distinct:
-                    nd = float(wnd)
+                    nd = float(len(w.counter)) if w.counter is not None else 0.0
                     for name in distinct:
                         out[name] = nd
                 for name, agg, fld in stats:
-                    out[name] = finish_stats(agg, wnv, ws, ws2, get(fld) if fld else None)
+                    out[name] = finish_stats(agg, w.nv, w.s, w.s2, get(fld) if fld else None)
                 if shares:
-                    share = wnu / wn if user is not None and wn > 0 else None
+                    user = get("user_id")
+                    share = (w.counter.get(user, 0) / w.n if user is not None and w.n > 0  # type: ignore[union-attr]
+                             else None)
                     for name in shares:
                         out[name] = share
             elif code == _RATE:
