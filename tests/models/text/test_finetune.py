@@ -34,6 +34,18 @@ def test_fine_tuned_components_inside_the_detector() -> None:
     assert set(comps) == {"ngram", "minilm_lora", "ensemble"}
 
 
+def test_fine_tuned_detector_saves_without_pickles_and_scores_the_same(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shopguard.models.base import load_detector
+
+    texts, y = make_reviews(40, seed=1)
+    det = ReviewRiskDetector(components=("ngram", "minilm_lora"), stack_folds=3, finetune_max_steps=1,
+                             finetune_max_length=32, finetune_holdout=0.3).fit(texts, y)
+    det.save(tmp_path / "review")
+    assert not [p for p in (tmp_path / "review").rglob("*") if p.suffix in (".joblib", ".pkl", ".pickle")]
+    back = load_detector(tmp_path / "review")
+    np.testing.assert_allclose(back.score(texts[:6]), det.score(texts[:6]), rtol=0, atol=1e-9)
+
+
 def test_needs_both_classes() -> None:
     with pytest.raises(DataError, match="y"):
         MiniLMClassifier(max_steps=1).fit(["a", "b"], [1, 1])
