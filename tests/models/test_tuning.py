@@ -38,7 +38,8 @@ def shop(n: int = 2400, seed: int = 0) -> tuple[pl.DataFrame, np.ndarray]:
 
 
 def tune(X: pl.DataFrame, y: np.ndarray, **kw: object) -> TuneResult:
-    args: dict = {"features": FEATURES, "categorical": ["channel"], "budget_s": 30.0, "max_trials": 6} | kw
+    args: dict = {"features": FEATURES, "categorical": ["channel"], "budget_s": 30.0, "max_trials": 6,
+                  "min_positives": 10} | kw
     return tune_lightgbm(X, y, **args)
 
 
@@ -126,3 +127,10 @@ def test_no_fraud_in_the_slice_keeps_the_defaults() -> None:
     assert r.n_trials == 0 and not r.improved and r.note
     assert r.params["features"] == [c for c in FEATURES if c != "channel"] + ["channel"]
     LightGBMDetector(**r.params).fit(X, np.r_[y[:600], np.ones(200, dtype=int)])
+
+
+def test_too_few_frauds_in_the_slice_keep_the_defaults() -> None:
+    X, y = shop(2000)
+    r = tune(X, y, min_positives=10_000)
+    assert not r.improved and r.n_trials == 0 and "too few" in (r.note or "")
+    assert set(r.params) == {"features", "categorical"}
