@@ -382,12 +382,29 @@ class LoadGenerator:
 
 
 class Stream:
-    """Live events handed out in time order, each once; replayed with fresh ids when it runs out."""
+    """Live events handed out in time order, each once; replayed with fresh ids when it runs out.
 
-    def __init__(self, live: list[dict[str, Any]]) -> None:
+    With ``advance_time`` each replay is also moved forward by the stream's span (every time field), so
+    simulated time keeps running as it does in production and windows evict as they would there; without
+    it a replay repeats the same times (late events that land in windows already seen)."""
+
+    TS_FIELDS = ("ts", "promised_ts", "actual_ts")
+
+    def __init__(self, live: list[dict[str, Any]], advance_time: bool = False) -> None:
         self.live = live
         self.pos = 0
         self.lap = 0
+        self.advance = advance_time
+        times = [datetime.fromisoformat(str(e["ts"])) for e in live[:1] + live[-1:]] if live else []
+        self.span = (times[-1] - times[0]) + __import__("datetime").timedelta(seconds=1) if times else None
+
+    def _shifted(self, e: dict[str, Any]) -> dict[str, Any]:
+        out = {**e, "event_id": f"{e['event_id']}-r{self.lap}"}
+        if self.advance and self.span is not None:
+            for k in self.TS_FIELDS:
+                if isinstance(out.get(k), str):
+                    out[k] = (datetime.fromisoformat(out[k]) + self.lap * self.span).isoformat()
+        return out
 
     def take(self, n: int) -> list[dict[str, Any]]:
         out = []
@@ -395,9 +412,13 @@ class Stream:
             if self.pos == len(self.live):
                 self.pos, self.lap = 0, self.lap + 1
             e = self.live[self.pos]
-            out.append(e if self.lap == 0 else {**e, "event_id": f"{e['event_id']}-r{self.lap}"})
+            out.append(e if self.lap == 0 else self._shifted(e))
             self.pos += 1
         return out
+
+
+def single_bodies(events: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
 
 
 class _SoakOnly(Exception):
@@ -423,7 +444,7 @@ def soak(db: Path, model: Path | None, rules: Path, live: list[dict[str, Any]], 
     import threading
 
     console.print(f"soak: {rate:.0f} events/s for {seconds:.0f} s over HTTP (rules + lightgbm) …")
-    stream = Stream(live)
+    stream = Stream(live, advance_time=True)  # replays move on in time: windows evict as in production
     server = Server(fresh_copy(db, "soak"), model, rules)
     gen = LoadGenerator()
     try:
@@ -459,10 +480,6 @@ def soak(db: Path, model: Path | None, rules: Path, live: list[dict[str, Any]], 
             "rss_max_mb": max(mb for _, mb in samples),
             "rss_growth_after_warmup": (last - at60) / at60 if at60 == at60 and at60 > 0 else float("nan"),
             **{k: result[k] for k in ("loop_wakeups", "loop_late_5ms", "loop_late_10ms") if k in result}}
-
-
-def single_bodies(events: list[dict[str, Any]]) -> list[bytes]:
-    return [json.dumps(e).encode() for e in events]
 
 
 def batch_bodies(events: list[dict[str, Any]], batch: int) -> list[bytes]:

@@ -4,7 +4,12 @@ For each new event ``update`` first computes its features from the state (only e
 its ``ts``), then learns it, like River's score-before-learn. Events at the same ``ts`` are held in a
 small pending buffer and learned together once a later ``ts`` arrives, so ties never see each other,
 exactly as in the batch engine. ``rebuild(store)`` replays the store's history (and loads its labels)
-after a restart. Events are expected in non-decreasing ``ts`` order; a late event is learned in place.
+after a restart. Events are expected in non-decreasing ``ts`` order; a late event is learned in place
+(windows stay in time order). Windows are evicted relative to the event being scored, and items at or
+after its time (a late event, or any after one dated in the future) are not counted, so one
+future-dated event neither stops eviction nor counts in later events' windows. A slow sweep drops the
+windows of entities whose every item has expired (one-off IPs, cards, devices), so memory follows the
+traffic inside the windows, not all traffic ever seen.
 
 State per entity: a deque of ``(ts, value)`` with running count / sum / sum of squares (and a value
 counter for distinct counts) per window, the last / first time per filter, the last time each value was
@@ -85,15 +90,12 @@ class _Window:
         self.s2 = 0.0
         self.counter: Counter[Any] | None = Counter() if distinct else None
 
-    def add(self, t: int, v: Any, numeric: bool) -> None:
+    def add(self, t: int, v: Any, numeric: bool, late: bool = True) -> None:
         if self.keep:
             items = self.items
-            if items and items[-1][0] > t:
+            if late and items and items[-1][0] > t:
                 # A late event goes in time order, so eviction (oldest first) never stops at a later one.
-                i = len(items)
-                while i and items[i - 1][0] > t:
-                    i -= 1
-                items.insert(i, (t, v))
+                items.insert(bisect.bisect_right(items, t, key=_item_ts), (t, v))
             else:
                 items.append((t, v))
         self.n += 1
@@ -296,6 +298,10 @@ class OnlineFeatureEngine:
         if self._rings is not None:
             self._rings.reset()
         self.events_seen = 0
+        self._recent_ts: deque[int] = deque(maxlen=_CLOCK_EVENTS)  # the housekeeping clock (_sweep)
+        self._learnt_max = -(1 << 62)  # the latest time learnt: an event after it sees nothing "ahead"
+        self._sweep_at = [0, 0]  # [spec index, key index] of the sweep through expired windows
+        self._sweep_keys: list[Any] = []
 
     @property
     def ring_index(self) -> Any:
@@ -428,6 +434,12 @@ class OnlineFeatureEngine:
 
     def _learn(self, rec: dict[str, Any], t: int) -> None:
         self.events_seen += 1
+        self._recent_ts.append(t)
+        if not self.events_seen % _SWEEP_EVERY:
+            self._sweep()
+        late = t < self._learnt_max  # something later was learnt already: keep windows in time order
+        if not late:
+            self._learnt_max = t
         matched: dict[int, bool] = {}  # one filter test per distinct filter
         get = rec.get
         for spec, entity, fid, code, fld, numeric, distinct, keep in self._learn_plan:
@@ -444,7 +456,7 @@ class OnlineFeatureEngine:
                 w = st.get(ent)
                 if w is None:
                     w = st[ent] = _Window(distinct, keep)
-                w.add(t, get(fld) if fld else None, numeric)
+                w.add(t, get(fld) if fld else None, numeric, late)
             elif code == _DELAYED:
                 lst = st.get(ent)
                 if lst is None:
@@ -454,19 +466,22 @@ class OnlineFeatureEngine:
                 else:
                     bisect.insort(lst, t)
             elif code == _LAST:
-                # The latest times (a few, ascending): an event sees the latest one before it, so one event
-                # dated in the future cannot hide the real previous one from every event after it.
-                lst = st.get(ent)
-                if lst is None:
-                    st[ent] = [t]
-                elif t > lst[-1]:
-                    lst.append(t)
-                    if len(lst) > _LAST_KEEP:
-                        del lst[0]
-                elif t not in lst:
-                    bisect.insort(lst, t)
-                    if len(lst) > _LAST_KEEP:
-                        del lst[0]
+                # The latest time; while a later (future-dated) one is known, the few latest times in order,
+                # so the events after it still see their real previous one.
+                prev = st.get(ent)
+                if prev is None:
+                    st[ent] = t
+                elif type(prev) is int:
+                    if t > prev:
+                        st[ent] = t
+                    elif t < prev:
+                        st[ent] = [t, prev]
+                elif t > prev[-1]:
+                    st[ent] = t  # nothing learnt is later any more
+                elif t not in prev:
+                    bisect.insort(prev, t)
+                    if len(prev) > _LAST_KEEP:
+                        del prev[0]
             elif code == _FIRST:
                 prev = st.get(ent)
                 if prev is None or t < prev:
@@ -486,6 +501,40 @@ class OnlineFeatureEngine:
             self._learn_rate(rec, t)
         if self._rings is not None:
             self._rings.learn(rec, _as_dt(t))
+
+    def _sweep(self) -> None:
+        """Drop a few windows whose every item has expired (``_SWEEP_KEYS`` entities per call, round robin
+        over the windowed state). A window is evicted only when its entity comes back, so without this the
+        windows of IPs, devices and cards seen once would stay for good. The clock is the earliest of the
+        last ``_CLOCK_EVENTS`` learnt times, so a few future-dated events cannot make everything look expired;
+        an entity that comes back finds no window, which reads exactly as an expired one."""
+        specs = [sp for sp in self._specs.values() if sp.kind == "win" and sp.window is not None]
+        if not specs or not self._recent_ts:
+            return
+        clock = min(self._recent_ts)
+        budget = _SWEEP_KEYS
+        while budget > 0:
+            i, k = self._sweep_at
+            if i >= len(specs):
+                i, k = 0, 0
+            spec = specs[i]
+            if k == 0:
+                self._sweep_keys = list(spec.state)
+            keys = self._sweep_keys[k:k + budget]
+            lo = clock - spec.window - _SWEEP_SLACK_US  # type: ignore[operator]
+            st = spec.state
+            for ent in keys:
+                w = st.get(ent)
+                if w is not None and (not w.items or w.items[-1][0] < lo):
+                    del st[ent]
+            budget -= len(keys)
+            k += len(keys)
+            if k >= len(self._sweep_keys):
+                i, k = i + 1, 0
+                if i >= len(specs):
+                    self._sweep_at = [0, 0]
+                    return  # one full pass at most per call
+            self._sweep_at = [i, k]
 
     # -- smoothed label rates ------------------------------------------------------------------------
     def _learn_rate(self, rec: dict[str, Any], t: int) -> None:
@@ -579,6 +628,7 @@ class OnlineFeatureEngine:
 
     def _compute(self, rec: dict[str, Any], t: int) -> dict[str, Value]:
         out: dict[str, Value] = dict.fromkeys(self._columns)
+        ahead = t <= self._learnt_max  # an event at or before the latest learnt one (late, or after a future one)
         for d in self._current_defs:
             out[d.name] = _current(d, rec, t)
         get = rec.get
@@ -603,7 +653,7 @@ class OnlineFeatureEngine:
                         w.evict(t - window, numeric)
                     elif not items or w.nv == 0:
                         w.s = w.s2 = 0.0  # as evict() does when no number is left: exact zeros, no drift
-                if items and items[-1][0] >= t:  # items at or after this event (future-dated, late): unseen
+                if ahead and items and items[-1][0] >= t:  # items at or after this event (late/future): unseen
                     user = get("user_id") if shares else None
                     wn, wnv, ws, ws2, wnd, wnu = w.before(t, numeric, user)
                     for name in counts:
@@ -647,9 +697,11 @@ class OnlineFeatureEngine:
                     out[name] = _label_hits(pos, ent, t) / n if n > 0 else None
             elif code == _SINCE:
                 prev = spec.state.get(ent)
-                if type(prev) is list:  # "last": the latest time strictly before this event
+                if type(prev) is list:  # "last" after a later time: the latest one strictly before this event
                     i = bisect.bisect_left(prev, t)
                     prev = prev[i - 1] if i else None
+                elif prev is not None and prev > t:
+                    prev = None  # only later times are known (a late event, or one after a future-dated one)
                 value = (t - prev) / 1e6 if prev is not None else None
                 for name in names:
                     out[name] = value
@@ -683,6 +735,14 @@ class OnlineFeatureEngine:
 
 _WIN, _DELAYED, _SINCE, _NEW, _LAST, _FIRST, _POS, _RATE = range(8)
 _LAST_KEEP = 4  # latest times kept per entity for "seconds since the last ..." features
+_SWEEP_EVERY = 250  # learnt events between two steps of the sweep through expired windows (~0.6 ms each)
+_SWEEP_KEYS = 500  # entities looked at per step: two per event, ahead of the new windows events open
+_SWEEP_SLACK_US = 3_600 * 1_000_000  # a window is dropped an hour after its last item left it (late events)
+_CLOCK_EVENTS = 64  # the sweep's clock: the earliest of this many last learnt times
+
+
+def _item_ts(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
 def _matured(st: list[Any], i: int, t: int) -> int:
