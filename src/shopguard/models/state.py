@@ -8,7 +8,8 @@
 - ``frame_<n>.arrow``: each Polars frame as Arrow IPC.
 
 Objects are stored as their class name and attribute dict and rebuilt with ``cls.__new__`` plus the
-attributes: no constructor and no pickle hook runs. Only classes of scikit-learn, PyOD, SciPy's sparse
+attributes: no constructor and no pickle hook runs; the only functions a state may name are those in
+``FUNCTIONS`` (a vectorizer's tokenizer). Only classes of scikit-learn, PyOD, SciPy's sparse
 matrices and shopguard's own modules are rebuilt, and only when their ``__new__`` is ``object.__new__``;
 any other name in ``state.json`` is refused with ``ModelError``. scikit-learn's Cython ``Tree`` is the
 one exception to the attribute dict: its ``__getstate__`` is plain numbers and numpy arrays (a structured
@@ -41,7 +42,8 @@ PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 TAG = "__sg__"
 # Classes that may be rebuilt from a state file (module prefixes); functions only from shopguard.
 OBJECT_MODULES = ("sklearn", "pyod", "scipy.sparse", "shopguard.models", "shopguard.features")
-FUNCTION_MODULES = ("shopguard.models", "shopguard.features")
+# Functions a fitted model may hold (a vectorizer's tokenizer), by name: nothing else is ever looked up.
+FUNCTIONS = frozenset({"shopguard.models.text.ngrams:tokenize"})
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool, "object": object, "complex": complex}
 
 
@@ -133,9 +135,10 @@ class _Writer:
             return {TAG: "randomstate", "state": self.enc(v.get_state(legacy=False), where)}
         if isinstance(v, (types.FunctionType, types.BuiltinFunctionType)):
             fmod, qual = getattr(v, "__module__", "") or "", getattr(v, "__qualname__", "")
-            if _allowed(fmod, FUNCTION_MODULES) and "<" not in qual:
+            if f"{fmod}:{qual}" in FUNCTIONS:
                 return {TAG: "func", "module": fmod, "name": qual}
-            raise TypeError(f"{where}: function {fmod}.{qual} cannot be stored without a pickle")
+            raise TypeError(f"{where}: function {fmod}.{qual} cannot be stored without a pickle (add it to "
+                            "shopguard.models.state.FUNCTIONS if a model must hold it)")
         cls = type(v)
         if not _allowed(cls.__module__, OBJECT_MODULES) or cls.__new__ is not object.__new__:
             raise TypeError(f"{where}: {cls.__module__}.{cls.__qualname__} cannot be stored without a pickle")
@@ -254,7 +257,12 @@ class _Reader:
             rs.set_state(self.dec(v["state"]))
             return rs
         if tag == "func":
-            return self._resolve(str(v["module"]), str(v["name"]), FUNCTION_MODULES, want_class=False)
+            module, name = str(v["module"]), str(v["name"])
+            if f"{module}:{name}" not in FUNCTIONS:
+                raise ModelError(f"{self.folder}/{STATE_JSON} asks for {module}.{name}, which a model file may not "
+                                 "contain: the folder was tampered with or comes from elsewhere; retrain or restore "
+                                 "it", field="model", value=f"{module}.{name}")
+            return self._resolve(module, name, (module,), want_class=False)
         if tag == "obj":
             module, _, name = str(v["class"]).partition(":")
             cls = self._resolve(module, name, OBJECT_MODULES, want_class=True)
