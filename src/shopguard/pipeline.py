@@ -192,7 +192,8 @@ def train(
     rule = _rule(store, unlabeled)
     step("choosing the split")
     sp, choice = split_for(store, split, rule)
-    if choice is not None and choice.too_few and det.supervised and choice.train_positives < MIN_POSITIVES:
+    auto = split is None or split.delay_days is None or split.test_days is None
+    if auto and choice is not None and det.supervised and choice.train_positives < MIN_POSITIVES:
         raise DataError(
             f"too few fraud labels for {det.name}: {choice.train_positives} positives known for the training "
             f"window and {choice.test_positives} in the test window (at least {MIN_POSITIVES} each are needed "
