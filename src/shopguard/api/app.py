@@ -279,11 +279,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 # DuckDB runs a query on every core by default: the once-a-second journal apply would then
                 # take both cores from the event loop's thread for tens of ms (the main cause of p99 stalls).
                 store.execute(f"SET threads TO {int(settings.duckdb_threads)}")
-            from shopguard.events.privacy import pseudonymiser_for_store
+            from shopguard.store.identifiers import store_pseudonymiser
 
-            # Safe by default: without a configured key, the key file beside the store (created once).
-            pseudo, note = pseudonymiser_for_store(settings.db, key=settings.pseudonym_key,
-                                                   allow_raw=settings.allow_raw_identifiers)
+            # Safe by default: without a configured key, the key file beside the store (created once); a store
+            # whose history keeps raw identifiers stays raw, so new events link to it.
+            pseudo, note = store_pseudonymiser(store, key=settings.pseudonym_key,
+                                               allow_raw=settings.allow_raw_identifiers)
             if note:
                 log.warning(note)
             rules = ReloadingRules(settings.rules, check_every=settings.watch_every_s, pseudonymiser=pseudo)

@@ -34,6 +34,9 @@ def ingest(
         "--pseudonymise-key-env",
         help=f"Environment variable holding the pseudonym key (default: {DEFAULT_KEY_ENV} if set).",
     )] = None,
+    allow_raw_identifiers: Annotated[bool, typer.Option(
+        "--allow-raw-identifiers", help="Store IPs, devices, cards, addresses, e-mails and phones as given, not as "
+        "keyed hashes (the default; the key file lives beside the store).")] = False,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows read and written per chunk.")] = 200_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -42,7 +45,7 @@ def ingest(
     Re-running adds nothing. Exits 0 when the source could be read, even with some rejected rows; exits 1
     when every row was rejected (nothing could be stored).
     """
-    pseudonymiser = (Pseudonymiser.from_env(key_env, required=True) if key_env else Pseudonymiser.from_settings())
+    given = (Pseudonymiser.from_env(key_env, required=True) if key_env else Pseudonymiser.from_settings())
     path = db_path(db)
     if source is None and jsonl is None:
         if sys.stdin.isatty():
@@ -51,6 +54,12 @@ def ingest(
         jsonl = "-"
     personal = True  # JSONL events may carry any field
     with EventStore(path) as store:
+        from shopguard.store.identifiers import store_pseudonymiser
+
+        # Safe by default: the store's key file (created once), unless the store already keeps raw values.
+        pseudonymiser, note = store_pseudonymiser(store, key=given, allow_raw=allow_raw_identifiers)
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
         if source is not None:
             mapping = load_mapping(source)
             personal = any(f in PERSONAL_FIELDS for e in mapping.resolved_events()
@@ -66,7 +75,7 @@ def ingest(
             assert jsonl is not None
             report = _ingest_jsonl_arg(jsonl, store, rejects, pseudonymiser, chunk_rows)
     if pseudonymiser is None and personal:
-        console.print(f"[dim]note: no pseudonym key (${DEFAULT_KEY_ENV}): personal identifiers stored as given; "
+        console.print("[dim]note: this store keeps personal identifiers as given (not pseudonymised); "
                       "see docs/ingest.md[/]")
     if as_json:
         out.print_json(json.dumps(report.to_dict()))

@@ -66,10 +66,11 @@ def serve(
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
         console.print("[bold red]error:[/] --no-auth is only allowed on a loopback address")
         raise typer.Exit(2)
-    from shopguard.events.privacy import pseudonymiser_for_store
+    from shopguard.store import EventStore
+    from shopguard.store.identifiers import store_pseudonymiser
 
-    _pseudo, note = pseudonymiser_for_store(settings.db, key=settings.pseudonym_key,
-                                            allow_raw=allow_raw_identifiers)
+    with EventStore(settings.db) as store:  # closed before the service opens it
+        _pseudo, note = store_pseudonymiser(store, key=settings.pseudonym_key, allow_raw=allow_raw_identifiers)
     if note:  # said once: the file exists from now on
         console.print(f"[yellow]note:[/] {note}")
     elif allow_raw_identifiers:

@@ -94,6 +94,9 @@ def simulate(
             path = db_path(db)
             prog.update(task, description=f"storing into {path}")
             with EventStore(path) as store:
+                from shopguard.store.identifiers import store_pseudonymiser
+
+                store_pseudonymiser(store, simulated=True)  # synthetic identifiers: kept as they are
                 added_events, added_labels = shop.to_store(store)
             target = str(path)
     total_s = time.perf_counter() - t0
