@@ -134,3 +134,10 @@ def test_too_few_frauds_in_the_slice_keep_the_defaults() -> None:
     r = tune(X, y, min_positives=10_000)
     assert not r.improved and r.n_trials == 0 and "too few" in (r.note or "")
     assert set(r.params) == {"features", "categorical"}
+
+
+def test_large_logs_tune_on_all_frauds_and_a_sample_of_the_rest() -> None:
+    X, y = shop(3000)
+    r = tune(X, y, max_rows=1200)
+    assert r.validation["sampled_rows"] <= 1200 and r.validation["rows"] == 750  # the slice itself is not cut
+    assert r.n_trials > 0 and r.params["features"]
