@@ -46,6 +46,7 @@ from shopguard.events.schema import (
     parse_event,
 )
 from shopguard.store import EventStore
+from shopguard.store.erasure import ErasedUsers
 
 ROW = "__row"  # the source row number travels with each chunk under this name
 REJECT_COLUMNS = ("row", "event", "field", "value", "reason")
@@ -101,6 +102,7 @@ class IngestReport:
     already_stored: int = 0  # event ids the store held before this run
     duplicates_in_input: int = 0  # repeats of an event id within this input
     rows_rejected: int = 0
+    erased: int = 0  # valid events of erased users (tombstones, see store.erasure): left out, not rejects
     problems: int = 0
     labels_positive: int = 0
     labels_negative: int = 0
@@ -865,6 +867,7 @@ def ingest_source(
         except (pa.ArrowException, UnicodeDecodeError, OSError, csv.Error) as exc:
             raise _read_error(path, exc) from None
         ctx = _Ctx(mapping, pseudonymiser, available)
+        ctx.erased = ErasedUsers.load(store, pseudonymiser=pseudonymiser)
         label_event = None
         if mapping.label is not None:
             label_event = mapping.label.event or ctx.events[0].name
@@ -921,6 +924,15 @@ def _ingest_chunk(raw: pl.DataFrame, ctx: _Ctx, store: EventStore, report: Inges
             problems.append(label_probs)
     events = pl.concat(frames) if len(frames) > 1 else frames[0]
     rejects.write(pl.concat(problems))
+    erased = getattr(ctx, "erased", None)
+    if erased is not None and events.height and "user_id" in events.columns:
+        gone = erased.mask(events["user_id"])
+        if gone.any():
+            report.erased += int(gone.sum())
+            dropped = events.filter(gone)
+            events = events.filter(~gone)
+            if labels is not None and labels.height:
+                labels = _without_erased(labels, dropped)
     report.events_valid += events.height
     if events.height:
         added = store.append_events(events.drop(ROW))
@@ -969,13 +981,14 @@ def ingest_jsonl(
     report = IngestReport(source=source, pseudonymised=pseudonymiser is not None,
                           key_id=pseudonymiser.key_id if pseudonymiser else None)
     seen = _StoredBefore(store)
+    erased = ErasedUsers.load(store, pseudonymiser=pseudonymiser)
     try:
         for good, bad in _iter_jsonl_lines(lines, batch_size):
             rejects.write(bad)
             report.rows_read += bad.height
             if on_progress is not None and bad.height:
                 on_progress(bad.height)
-            _ingest_batch(good, store, pseudonymiser, rejects, report, on_progress, seen)
+            _ingest_batch(good, store, pseudonymiser, rejects, report, on_progress, seen, erased)
     finally:
         rejects.close()
     return _finish(report, rejects, started)
@@ -989,15 +1002,16 @@ def _ingest_pairs(pairs: Iterable[tuple[int, Any]], store: EventStore, *, pseudo
     report = IngestReport(source=source, pseudonymised=pseudonymiser is not None,
                           key_id=pseudonymiser.key_id if pseudonymiser else None)
     seen = _StoredBefore(store)
+    erased = ErasedUsers.load(store, pseudonymiser=pseudonymiser)
     try:
         batch: list[tuple[int, Any]] = []
         for pair in pairs:
             batch.append(pair)
             if len(batch) >= batch_size:
-                _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen)
+                _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen, erased)
                 batch = []
         if batch:
-            _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen)
+            _ingest_batch(batch, store, pseudonymiser, rejects, report, on_progress, seen, erased)
     finally:
         rejects.close()
     return _finish(report, rejects, started)
@@ -1005,7 +1019,7 @@ def _ingest_pairs(pairs: Iterable[tuple[int, Any]], store: EventStore, *, pseudo
 
 def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser: Pseudonymiser | None,
                   rejects: RejectsWriter, report: IngestReport, on_progress: Callable[[int], None] | None,
-                  seen: _StoredBefore | None = None) -> None:
+                  seen: _StoredBefore | None = None, erased: ErasedUsers | None = None) -> None:
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     for row, data in batch:
@@ -1021,6 +1035,9 @@ def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser
             rec = pseudonymiser.apply_record(rec)
             if not data.get("event_id"):
                 rec["event_id"] = derive_event_id(rec)
+        if erased is not None and rec.get("user_id") in erased:
+            report.erased += 1  # a tombstoned user: left out, neither stored nor a reject
+            continue
         good.append(rec)
     rejects.write(pl.DataFrame(bad, schema=_REJECT_SCHEMA))
     report.rows_read += len(batch)
@@ -1033,6 +1050,16 @@ def _ingest_batch(batch: list[tuple[int, Any]], store: EventStore, pseudonymiser
                                                           dtype=pl.Utf8))
     if on_progress is not None:
         on_progress(len(batch))
+
+
+def _without_erased(labels: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame:
+    """``labels`` less those of erased users' events, orders and the users themselves."""
+    kinds, ids = labels["entity_kind"], labels["entity_id"]
+    gone = ((kinds == "event") & ids.is_in(dropped["event_id"].drop_nulls().to_list()))
+    if "order_id" in dropped.columns:
+        gone = gone | ((kinds == "order") & ids.is_in(dropped["order_id"].drop_nulls().to_list()))
+    gone = gone | ((kinds == "user") & ids.is_in(dropped["user_id"].drop_nulls().to_list()))
+    return labels.filter(~gone.fill_null(False))
 
 
 class _StoredBefore:

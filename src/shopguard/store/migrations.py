@@ -99,3 +99,28 @@ MIGRATIONS.append(
     )
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+# Migration 4 (erasure): tombstones of erased users (a keyed hash of the user id, never the id itself), so
+# re-ingesting a source or the service leaves them out, and the audit trail of erasures (who, when, which
+# tombstone, what was removed).
+MIGRATIONS.append(
+    (
+        4,
+        "tombstones, erasure_audit",
+        [
+            """CREATE TABLE IF NOT EXISTS tombstones (
+                tombstone_id VARCHAR PRIMARY KEY,
+                erased_at TIMESTAMP NOT NULL,
+                key_ref VARCHAR NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS erasure_audit (
+                audited_at TIMESTAMP NOT NULL,
+                action VARCHAR NOT NULL,
+                tombstone_id VARCHAR NOT NULL,
+                by_key VARCHAR,
+                detail VARCHAR
+            )""",
+        ],
+    )
+)
+LATEST_VERSION = MIGRATIONS[-1][0]
