@@ -90,7 +90,7 @@ def ingest(
 
 def all_rejected(report: IngestReport) -> bool:
     """Rows were read and not one gave a valid event: the mapping or the file is wrong, not a few rows."""
-    return report.rows_read > 0 and report.events_valid == 0 and report.rows_rejected > 0
+    return report.rows_read > 0 and report.events_valid == 0 and report.rows_rejected > 0 and not report.erased
 
 
 def _ingest_jsonl_arg(arg: str, store: EventStore, rejects: Path | None, pseudonymiser: Pseudonymiser | None,
@@ -139,6 +139,8 @@ def print_report(report: IngestReport, db: Path) -> None:
                          f"{report.labels_negative:,} negative)"),
         ("time", f"{report.seconds:.1f} s ({rate:,.0f} rows/s)"),
     ]
+    if report.erased:
+        rows.insert(4, ("skipped: erased users", f"{report.erased:,}"))
     if report.pseudonymised:
         rows.append(("pseudonym key id", str(report.key_id)))
     for k, v in rows:
