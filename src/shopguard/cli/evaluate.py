@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shopguard.cli.common import DbOption, handle_errors, out, progress
-from shopguard.cli.train import open_existing
+from shopguard.cli.common import DbOption, handle_errors, open_store, out, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +36,7 @@ def evaluate(
     events left out)."""
     from shopguard.pipeline import evaluate as run_evaluate
 
-    with open_existing(db, read_only=True) as store, progress(transient=True) as prog:
+    with open_store(db, read_only=True) as store, progress(transient=True) as prog:
         task = prog.add_task("evaluating", total=None)
         report = run_evaluate(store, model, since=since, until=until, json_path=json_path, html_path=html_path,
                               k=k, unlabeled=unlabeled, on_step=lambda m: prog.update(task, description=m))

@@ -10,22 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shopguard.cli.common import DbOption, db_path, handle_errors, out, progress
-from shopguard.errors import NotFound, ValidationFailed
+from shopguard.cli.common import DbOption, handle_errors, open_store, out, progress
+from shopguard.errors import ValidationFailed
 from shopguard.evaluation.splits import SplitConfig
-from shopguard.store import EventStore
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-
-
-def open_existing(db: Path | None, *, read_only: bool = False) -> EventStore:
-    path = db_path(db)
-    if not path.exists():
-        raise NotFound(f"no store at {path}: run `shopguard simulate` or `shopguard ingest` first", field="db",
-                       value=str(path))
-    return EventStore(path, read_only=read_only)
 
 
 def _params(text: str | None) -> dict | None:
@@ -93,7 +84,7 @@ def train(
             raise ValidationFailed("--method must be frozen, lora or full", field="method", value=method)
         hyper = {**(hyper or {}), **({"pretrained": str(sequence_model)} if sequence_model is not None else {}),
                  **({"method": method} if method is not None else {})}
-    with open_existing(db) as store, progress(transient=True) as prog:
+    with open_store(db) as store, progress(transient=True) as prog:
         task = prog.add_task("training", total=None)
         bundle = run_train(store, out_dir, detector=detector, params=hyper, split=split,
                            target_fpr=target_fpr, alert_rate=alert_rate, unlabeled=unlabeled,
@@ -119,7 +110,7 @@ def _train_text(db: Path | None, out_dir: Path, split: SplitConfig, params: dict
     """The review/chat text model: fitted before the test window, saved with ``Detector.save``."""
     from shopguard.pipeline import train_text
 
-    with open_existing(db) as store, progress(transient=True) as prog:
+    with open_store(db) as store, progress(transient=True) as prog:
         task = prog.add_task("training the text model", total=None)
         _model, metrics = train_text(store, out_dir, split=split, params=params,
                                      on_step=lambda m: prog.update(task, description=m))
