@@ -399,14 +399,7 @@ class OnlineFeatureEngine:
 
     def _read_attr_entities(self, rec: dict[str, Any]) -> None:
         """Copy the ``attrs`` keys used as entities into the record (as ``"attr:<key>"``, as text)."""
-        attrs = rec.get("attrs")
-        if isinstance(attrs, str):
-            try:
-                attrs = orjson.loads(attrs)
-            except orjson.JSONDecodeError:
-                attrs = None
-        if not isinstance(attrs, dict):
-            attrs = {}
+        attrs = _attrs_dict(rec)
         for entity, key in self._attr_entities:
             rec[entity] = _attr_value(_ATTR_TEXT, attrs.get(key), 0)
 
@@ -722,14 +715,9 @@ class OnlineFeatureEngine:
             num, den = out[num_name], out[den_name]
             out[name] = num / den if num is not None and den else None  # type: ignore[operator]
         if self._attrs:
-            attrs = rec.get("attrs")
-            if isinstance(attrs, str):
-                try:
-                    attrs = orjson.loads(attrs)
-                except orjson.JSONDecodeError:
-                    attrs = None
+            attrs = _attrs_dict(rec)
             for a, name, key in self._attrs:
-                out[name] = _attr_value(a, attrs.get(key) if isinstance(attrs, dict) else None, t)
+                out[name] = _attr_value(a, attrs.get(key), t)
         return out
 
 
@@ -777,6 +765,17 @@ def _delayed_count(spec: _Spec, ent: Any, t: int) -> int:
         del lst[:lo]  # drop what no window can see any more
         lo = 0
     return bisect.bisect_left(lst, hi_t, lo) - lo
+
+
+def _attrs_dict(rec: dict[str, Any]) -> dict[str, Any]:
+    """The event's ``attrs`` as a dict (parsed when it came as JSON text; empty when absent or broken)."""
+    attrs = rec.get("attrs")
+    if isinstance(attrs, str):
+        try:
+            attrs = orjson.loads(attrs)
+        except orjson.JSONDecodeError:
+            attrs = None
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def _label_hits(pos: _Spec, ent: Any, t: int) -> int:
