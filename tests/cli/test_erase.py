@@ -61,6 +61,16 @@ def test_erase_cli(tmp_path: Path) -> None:
     assert again["erased"] == 2 and again["events_added"] == 0 and again["rows_rejected"] == first["rows_rejected"]
     assert _holds(db, "u1005") == []
 
+    assert db.read_bytes().count(b"u1005")  # deleted rows: bytes still in the file's freed blocks
+    res = runner.invoke(app, ["erase", "--db", str(db), "--user", "u1004", "--compact"])
+    assert res.exit_code == 0 and "store rewritten" in res.output, res.output
+    assert db.read_bytes().count(b"u1005") == 0 and db.read_bytes().count(b"u1004") == 0
+    assert db.stat().st_mode & 0o777 == 0o600
+    with EventStore(db) as store:  # still a whole store: keys, tombstones, settings, audit
+        assert store.query("SELECT count(*) AS n FROM tombstones")["n"][0] == 2
+        assert store.setting("erasure_key") is not None and store.query("SELECT * FROM erasure_audit").height == 2
+    again = _ingest(db, tmp_path)
+    assert again["erased"] == 4 and again["events_added"] == 0
     res = runner.invoke(app, ["erase", "--db", str(db), "--user", "u1005"])  # idempotent
     assert res.exit_code == 0 and "already erased" in res.output
     res = runner.invoke(app, ["erase", "--db", str(db), "--user", "nobody"])  # unknown: said, exit 0

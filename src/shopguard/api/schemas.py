@@ -85,6 +85,15 @@ class TimelineOut(BaseModel):
     linked_accounts: list[Any] = Field(default_factory=list)
 
 
+
+class ErasureOut(BaseModel):
+    user_id: str
+    tombstone_id: str = Field(description="Keyed hash of the user id kept so re-ingests and the service leave "
+                                          "the user out (never the id itself).")
+    already_erased: bool = Field(description="An earlier erasure had tombstoned the user (idempotent repeat).")
+    removed: dict[str, int] = Field(description="Rows deleted per table (events, labels, decisions, cases).")
+    erased_at: datetime | None = None
+
 # -- cases ------------------------------------------------------------------------------------------------
 class CaseOut(BaseModel):
     case_id: str

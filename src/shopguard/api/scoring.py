@@ -829,6 +829,8 @@ class DecisionEngine:
         self.text_slot: TextModelSlot | None = None  # set by the app when the text model can be hot swapped
         # Events learnt while a fusion model's history is being warmed for a hot swap (install_model).
         self._taps: list[list[dict[str, Any]]] = []
+        # Tombstoned (erased) users (store.erasure.ErasedUsers): their events are answered, never stored.
+        self.erased: Any = None
         if self.model.installer is None:
             self.model.installer = self.install_model
 
@@ -836,6 +838,9 @@ class DecisionEngine:
     def start(self, *, rebuild_features: bool = True) -> None:
         """Recover the journal, load ids already stored, rebuild online features, start the threads."""
         self.writer.start()  # first: it applies what a crash left in the journal
+        from shopguard.store.erasure import ErasedUsers
+
+        self.erased = ErasedUsers.load(self.store, pseudonymiser=self.pseudonymiser)
         ids = self.store.query("SELECT event_id FROM events")
         self._known = set(ids["event_id"].to_list()) if ids.height else set()
         if self.features is None:
@@ -997,8 +1002,12 @@ class DecisionEngine:
                 results: list[Any] = []
                 opened: list[str] = []
                 try:
+                    erased = self.erased
                     for p in prepared:
                         eid = p.record["event_id"]
+                        if erased is not None and p.record.get("user_id") in erased:
+                            results.append(_erased_answer(eid))  # neither decided, stored nor learnt
+                            continue
                         # Pending before recent: a commit settling meanwhile remembers the decision before
                         # it drops the pending entry, so one of the two always answers.
                         fut = self._pending.get(eid)
@@ -1334,6 +1343,86 @@ class DecisionEngine:
                     if self.graph is not None and lab["entity_kind"] == "user":
                         self.graph.add_label(lab["entity_id"], int(lab["label"]))
 
+    # -- erasure -----------------------------------------------------------------------------------------
+    def erase_user(self, user_id: str, *, by: str) -> Any:
+        """Erase a user while serving (``DELETE /v1/users/{id}``): ``store.erasure.erase_user`` plus the
+        service's own state. Returns its ``ErasureResult`` (``found`` False: an unknown user, nothing done).
+
+        In order: the user's new events are refused (tombstone checked under the decision lock, so none is
+        queued after this point); everything acknowledged before is written into DuckDB (journal applied);
+        the store erasure (one transaction); then, under the decision lock, the user's remembered answers
+        and ids are dropped, the online features and the account-link graph are rebuilt from the store
+        (decisions wait meanwhile: about the start-up rebuild time), and the user's cached histories
+        (behaviour transformer, fusion model, text context) are dropped.
+        """
+        from shopguard.store.erasure import ErasedUsers, erase_user, tombstone_hasher, tombstone_id
+
+        hasher = tombstone_hasher(self.store, pseudonymiser=self.pseudonymiser, create=True)
+        assert hasher is not None
+        tomb = tombstone_id(hasher, user_id)
+        with self._lock:
+            if self.erased is None:
+                self.erased = ErasedUsers(hasher, set())
+            blocked_before = tomb in self.erased.ids
+            self.erased.add(tomb)
+        try:
+            self._drain()
+            ids = self.store.query("SELECT event_id FROM events WHERE user_id = ?", [user_id])["event_id"].to_list()
+            res = erase_user(self.store, user_id, by=by, pseudonymiser=self.pseudonymiser)
+        except BaseException:
+            if not blocked_before:
+                with self._lock:
+                    self.erased.discard(tomb)
+            raise
+        if not res.found:
+            if not blocked_before:
+                with self._lock:
+                    self.erased.discard(tomb)
+            return res
+        self._forget(user_id, ids, rebuild=res.total > 0)
+        return res
+
+    def _drain(self) -> None:
+        """Wait until every event queued so far is committed into DuckDB."""
+        if self.writer.journal is None:
+            if self.writer.alive():
+                self.writer.submit([], [], []).result(30)  # the writer commits in order
+            return
+        self.flush()
+
+    def _forget(self, user_id: str, event_ids: list[str], *, rebuild: bool) -> None:
+        with self._lock:
+            for eid in event_ids:
+                old = self._recent.pop(eid, None)
+                if old is not None:
+                    self._recent_bytes -= len(old) + _ENTRY_OVERHEAD
+                self._known.discard(eid)
+            for scorer in (self.sequence, getattr(getattr(self.model.model, "fusion", None), "history", None)):
+                users = getattr(scorer, "users", None)
+                if isinstance(users, dict):
+                    users.pop(user_id, None)
+                    for eid in event_ids:  # events without a user are cached under their id
+                        users.pop(f"evt:{eid}", None)
+            if self.text is not None:
+                _forget_text(self.text, user_id)
+            if not rebuild:
+                return
+            if self.features is not None:
+                try:
+                    self.features.rebuild(self.store)
+                except Exception as exc:  # as at start: rules on raw fields and the model still run
+                    self.features_error = f"online features could not be rebuilt after an erasure: {exc}"
+                    log.error(self.features_error)
+                    self.features = None
+            if self.graph is not None:
+                try:
+                    from shopguard.features.graph import build_ring_index
+
+                    self.graph = build_ring_index(self.store)
+                except Exception as exc:  # the graph only enriches timelines
+                    log.error("account-link graph could not be rebuilt after an erasure: %s", exc)
+                    self.graph = None
+
     def linked_accounts(self, user_id: str) -> list[dict[str, Any]]:
         """Accounts sharing devices, cards, IPs or addresses with ``user_id`` (empty without the graph)."""
         if self.graph is None:
@@ -1423,6 +1512,29 @@ def _make_feature_engine(model: LoadedModel | None) -> Any:
         return None
     fs = getattr(model, "feature_set", None) if model is not None else None
     return OnlineFeatureEngine(fs) if fs is not None else OnlineFeatureEngine()
+
+
+def _erased_answer(event_id: str) -> dict[str, Any]:
+    """The answer to an event of an erased user: not decided, not stored, not learnt."""
+    return {"event_id": event_id, "score": None, "probability": None, "risk_level": "low", "action": "allow",
+            "reasons": [{"code": "user_erased", "text": "the user was erased: the event is neither stored nor "
+                         "decided", "source": "rule"}], "rule_hits": [], "model_version": None, "latency_ms": None}
+
+
+def _forget_text(text: Any, user_id: str) -> None:
+    """Drop a user from the text scorer's history (``OnlineTextScorer``): first-seen time, purchases, reviews."""
+    lock = getattr(text, "_lock", None)
+    if lock is None:
+        return
+    with lock:
+        getattr(text, "_first", {}).pop(user_id, None)
+        getattr(text, "_buys", {}).pop(user_id, None)
+        reviews = getattr(text, "_reviews", None)
+        if reviews is not None:
+            keep = [r for r in reviews if r.get("user_id") != user_id]
+            if len(keep) != len(reviews):
+                reviews.clear()
+                reviews.extend(keep)
 
 
 def _stored_decision(d: dict[str, Any]) -> dict[str, Any]:

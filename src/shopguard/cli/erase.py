@@ -33,6 +33,9 @@ def erase(
     db: DbOption = None,
     by: Annotated[str | None, typer.Option("--by", help="Who asks, for the audit trail (default: cli:<login>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    compact: Annotated[bool, typer.Option(
+        "--compact", help="Then rewrite the store file so the deleted rows' bytes are gone from it too (DuckDB "
+        "reuses freed blocks only later); takes about as long as copying the store.")] = False,
 ) -> None:
     """Delete a user's events, labels, decisions and cases, and tombstone them so re-ingests leave them out.
 
@@ -56,8 +59,14 @@ def erase(
         recovered = _apply_journal(path, store)
         who = by or f"cli:{_login()}"
         res = erase_user(store, user, by=who)
+    sizes = None
+    if compact and res.found:
+        from shopguard.store.erasure import compact_store
+
+        sizes = compact_store(path)
     if as_json:
-        out.print_json(json.dumps({**res.to_dict(), "journal_events_applied": recovered, "user_id": user}))
+        out.print_json(json.dumps({**res.to_dict(), "journal_events_applied": recovered, "user_id": user,
+                                   "compacted": sizes is not None}))
         return
     if not res.found:
         console.print(f"no user {user!r} in {path}: nothing erased, no tombstone recorded")
@@ -69,6 +78,8 @@ def erase(
         parts = ", ".join(f"{n:,} {t}" for t, n in res.removed.items())
         console.print(f"erased user {user!r}: removed {parts}; tombstone {res.tombstone_id} (re-ingests leave "
                       "them out). Models trained before keep what they learnt: retrain to clear it.")
+    if sizes is not None:
+        console.print(f"store rewritten without the deleted rows ({sizes[0]:,} -> {sizes[1]:,} bytes)")
 
 
 def _login() -> str:

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -189,6 +191,10 @@ def erase_user(store: EventStore, user_id: str, *, by: str = "cli",
             raise
     if not found:
         return ErasureResult(tombstone_id="", found=False, already_erased=False)
+    try:  # write the deletion into the store file and empty the write-ahead log, which held the rows
+        store.execute("CHECKPOINT")
+    except Exception as exc:  # e.g. another transaction open: DuckDB checkpoints later by itself
+        log.info("checkpoint after an erasure deferred: %s", exc)
     _audit(store, "user_erased_again" if already else "user_erased", tomb, by, removed)
     return ErasureResult(tombstone_id=tomb, found=True, already_erased=already, removed=removed, erased_at=now)
 
@@ -224,7 +230,7 @@ class ErasedUsers:
     def __init__(self, hasher: Pseudonymiser, ids: set[str]) -> None:
         self.hasher = hasher
         self.ids = ids
-        self._seen: dict[str, bool] = {}
+        self._seen: dict[str, bool] = {}  # ids known NOT to be erased (an erasure clears it)
 
     @classmethod
     def load(cls, store: EventStore, *, pseudonymiser: Pseudonymiser | None = None) -> ErasedUsers | None:
@@ -238,19 +244,57 @@ class ErasedUsers:
         self.ids.add(tomb)
         self._seen.clear()
 
+    def discard(self, tomb: str) -> None:
+        self.ids.discard(tomb)
+        self._seen.clear()
+
     def __contains__(self, user_id: Any) -> bool:
         if user_id is None:
             return False
         uid = str(user_id)
-        hit = self._seen.get(uid)
-        if hit is None:
-            if len(self._seen) > 1_000_000:
-                self._seen.clear()
-            hit = self._seen[uid] = tombstone_id(self.hasher, uid) in self.ids
-        return hit
+        if uid in self._seen:
+            return False
+        if tombstone_id(self.hasher, uid) in self.ids:
+            return True  # not remembered: no erased user's id is kept, even in memory
+        if len(self._seen) > 1_000_000:
+            self._seen.clear()
+        self._seen[uid] = False
+        return False
 
     def mask(self, users: pl.Series) -> pl.Series:
         """True where a frame's ``user_id`` is tombstoned (each distinct id hashed once)."""
         distinct = users.drop_nulls().unique().to_list()
         erased = [u for u in distinct if u in self]
         return users.is_in(erased).fill_null(False) if erased else pl.Series(users.name, [False] * len(users))
+
+
+def compact_store(path: str | Path) -> tuple[int, int]:
+    """Rewrite a closed store file into a fresh one (``COPY FROM DATABASE``) and swap it in; returns the
+    sizes before and after.
+
+    DuckDB marks deleted rows and reuses their blocks later, so an erased user's bytes can stay in the file
+    until then; the rewritten file holds only live rows. Tables, keys, indexes and settings are kept. The
+    store must not be open elsewhere (stop the service first).
+    """
+    import duckdb
+
+    db = Path(path)
+    tmp = db.with_name(db.name + ".compact")
+    tmp.unlink(missing_ok=True)
+    before = db.stat().st_size
+    con = duckdb.connect(str(db))
+    try:
+        name = con.execute("SELECT current_database()").fetchall()[0][0]
+        con.execute("ATTACH ? AS _compact", [str(tmp)])
+        con.execute(f'COPY FROM DATABASE "{name}" TO _compact')
+        con.execute("DETACH _compact")
+        con.execute("CHECKPOINT")
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        con.close()
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, db)
+    Path(f"{tmp}.wal").unlink(missing_ok=True)
+    return before, db.stat().st_size

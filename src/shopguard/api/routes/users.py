@@ -1,4 +1,5 @@
-"""``GET /v1/users/{user_id}/timeline``: what a user did, how each event was decided, what is known."""
+"""``GET /v1/users/{user_id}/timeline``: what a user did, how each event was decided, what is known;
+``DELETE /v1/users/{user_id}``: erase the user (admin, audited)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from shopguard.api.deps import require
-from shopguard.api.schemas import ErrorOut, TimelineOut
+from shopguard.api.schemas import ErasureOut, ErrorOut, TimelineOut
+from shopguard.errors import NotFound
 
 router = APIRouter(tags=["users"])
 log = logging.getLogger("shopguard.service")
@@ -46,6 +48,22 @@ def timeline(request: Request, user_id: str = Path(min_length=1, max_length=128)
     )
     return {"user_id": user_id, "events": events, "labels": list(labels.iter_rows(named=True)),
             "linked_accounts": _linked(request.app.state.engine, user_id)}
+
+
+@router.delete("/v1/users/{user_id}", response_model=ErasureOut,
+               responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+def erase(request: Request, user_id: str = Path(min_length=1, max_length=128),
+          key: Any = Depends(require("admin"))) -> Any:
+    """Erase a user: their events, labels, decisions, cases and journalled events are deleted, the service
+    forgets them (online features rebuilt, cached histories dropped), and a tombstone (a keyed hash of the
+    id) keeps their later events out of the store. Audited with the calling key's id; repeating it is
+    harmless (``already_erased``). 404 when the store holds nothing of the user. Trained models keep what
+    they learnt until retrained (docs/privacy.md)."""
+    res = request.app.state.engine.erase_user(user_id, by=key.key_id)
+    if not res.found:
+        raise NotFound(f"no user {user_id!r} in the store: nothing erased", field="user_id", value=user_id)
+    return {"user_id": user_id, "tombstone_id": res.tombstone_id, "already_erased": res.already_erased,
+            "removed": res.removed, "erased_at": res.erased_at}
 
 
 def _linked(engine: Any, user_id: str) -> list[Any]:
