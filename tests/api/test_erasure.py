@@ -117,6 +117,9 @@ def test_delete_user_erases_and_keeps_them_out(tmp_path: Path) -> None:
         assert scan_store(svc.store, GONE) == []
         assert svc.store.query("SELECT count(*) AS n FROM events WHERE event_id = 'k10'")["n"][0] == 1
         assert not holds(strings(engine.erased) | strings(engine.features), GONE)
+        r = admin.post("/v1/labels", json={"labels": [{"entity_kind": "user", "entity_id": GONE, "label": 1}]})
+        assert r.status_code == 200 and r.json()["stored"] == 0  # a label would bring the id back: left out
+        assert scan_store(svc.store, GONE) == []
         timeline = admin.get(f"/v1/users/{GONE}/timeline").json()
         assert timeline["events"] == [] and timeline["labels"] == []
 

@@ -29,6 +29,11 @@ def post_labels(body: LabelBatchIn, request: Request, _key: Any = Depends(requir
             when = when.astimezone(UTC).replace(tzinfo=None)
         rows.append({"entity_kind": lab.entity_kind, "entity_id": lab.entity_id, "label": lab.label,
                      "scenario": lab.scenario, "labeled_at": when, "source": lab.source})
+    erased = getattr(request.app.state.engine, "erased", None)
+    if erased is not None:  # a label naming an erased user would bring their id back: left out
+        rows = [r for r in rows if not (r["entity_kind"] == "user" and r["entity_id"] in erased)]
+    if not rows:
+        return {"stored": 0}
     n = request.app.state.store.append_labels(rows, replace=True)
     request.app.state.engine.learn_labels(rows)
     return {"stored": n}
