@@ -56,11 +56,17 @@ def test_erase_removes_everything_and_reingest_leaves_the_user_out(tmp_path: Pat
         before = _counts(store)
         other = store.query("SELECT * FROM events WHERE user_id <> ? ORDER BY event_id", [VICTIM])
         assert scan(store, VICTIM)
+        if pseudonymised:
+            assert scan(store, pseudo.pseudonym("DEV77224", "device_id"))  # type: ignore[attr-defined]
 
         res = erase_user(store, VICTIM, by="test")
         assert res.found and not res.already_erased and res.tombstone_id.startswith("t_")
         assert res.removed == {"events": 2, "labels": 2, "decisions": 1, "cases": 1}  # event + user labels
         assert scan(store, VICTIM) == []  # no table holds the raw id, the tombstone included
+        if pseudonymised:  # nor the user's own pseudonymised device and IP (no other row shares them)
+            for value, fld in (("DEV77224", "device_id"), ("84.15.35.145", "ip")):
+                assert scan(store, pseudo.pseudonym(value, fld)) == []  # type: ignore[attr-defined]
+        assert scan(store, "DEV77224") == [] and scan(store, "84.15.35.145") == []
         after = _counts(store)
         assert {k: before[k] - after[k] for k in before} == res.removed
         assert store.query("SELECT * FROM events ORDER BY event_id").equals(other)  # others untouched
