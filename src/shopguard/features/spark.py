@@ -31,18 +31,24 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shopguard.errors import ConfigError, DataError
 from shopguard.events.schema import EVENT_TYPES
 from shopguard.features.batch import STD_EPS
-from shopguard.features.definitions import ATTR_ENTITY_PREFIX, KEY_COLUMNS, AttrFeature, FeatureDef, FeatureSet
+from shopguard.features.definitions import (
+    ATTR_ENTITY_PREFIX,
+    KEY_COLUMNS,
+    AttrFeature,
+    FeatureDef,
+    FeatureSet,
+)
 from shopguard.store.parquet import EVENTS_DIR, LABELS_DIR
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 #: Default master: every local core, the driver bound to the loopback interface.
 DEFAULT_MASTER = "local[*]"
@@ -89,138 +95,121 @@ def spark_session(master: str = DEFAULT_MASTER, *, app_name: str = "shopguard",
 
 
 # -- reading the partitioned layout ---------------------------------------------------------------------
+def _path(root: str | Path, sub: str) -> str:
+    return f"{root}/{sub}" if "://" in str(root) else str(Path(root) / sub)
+
+
 def read_events(spark: SparkSession, root: str | Path, *, until: datetime | None = None) -> DataFrame:
-    """The events of an export, with ``__tus`` (µs since epoch); days at or after ``until`` are pruned."""
+    """The events of an export; with ``until``, later days are pruned (partition filter) and later events dropped."""
     from pyspark.sql import functions as F
 
-    df = spark.read.parquet(str(Path(root) / EVENTS_DIR) if "://" not in str(root) else f"{root}/{EVENTS_DIR}")
+    df = spark.read.parquet(_path(root, EVENTS_DIR))
     if until is not None:
         df = df.where(F.col("day") <= F.lit(until.date())).where(F.col("ts") < F.lit(until))
-    return df.withColumn("__tus", _us(F.col("ts")))
+    return df
 
 
-def read_labels(spark: SparkSession, root: str | Path, *, until: datetime | None = None) -> DataFrame | None:
+def read_labels(spark: SparkSession, root: str | Path, *, until: datetime | None = None) -> DataFrame:
+    """The labels of an export (those known before ``until``); an empty frame when the export has none."""
     from pyspark.sql import functions as F
 
-    path = Path(root) / LABELS_DIR
-    if "://" not in str(root) and not path.exists():
-        return None
-    df = spark.read.parquet(str(path) if "://" not in str(root) else f"{root}/{LABELS_DIR}")
+    path = _path(root, LABELS_DIR)
+    if "://" not in str(root) and not Path(path).exists():
+        return spark.createDataFrame([], "entity_kind string, entity_id string, label int, labeled_at timestamp")
+    df = spark.read.parquet(path).select("entity_kind", "entity_id", "label", "labeled_at")
     if until is not None:
         df = df.where(F.col("labeled_at") < F.lit(until))
-    return df.withColumn("__lus", _us(F.col("labeled_at")))
+    return df
 
 
-def _us(col: Column) -> Column:
-    from pyspark.sql import functions as F
+# -- SQL building blocks (Spark SQL text: one query, one round trip to the JVM) -------------------------
+def _lit(v: Any) -> str:
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    return F.unix_micros(col.cast("timestamp"))
+
+def _us(sql: str) -> str:
+    return f"unix_micros(CAST({sql} AS TIMESTAMP))"
 
 
-# -- shared finishing -----------------------------------------------------------------------------------
-def finish_column(aggregate: str, n: Column, s: Column, s2: Column, cur: Column) -> Column:
-    """The Spark twin of ``batch.finish_stats`` / ``batch._finish_expr``: same formulas, same guards."""
-    from pyspark.sql import functions as F
-
+def finish_sql(aggregate: str, n: str, s: str, s2: str, cur: str) -> str:
+    """The Spark SQL twin of ``batch.finish_stats`` / ``batch._finish_expr``: same formulas, same guards."""
     if aggregate == "sum":
         return s
-    mean = F.when(n > 0, s / n)
+    mean = f"(CASE WHEN {n} > 0 THEN {s} / {n} END)"
     if aggregate == "mean":
         return mean
-    var = (s2 - s * s / n) / n
-    std = F.when(n >= 2, F.when(var > 0, F.sqrt(var)).otherwise(F.lit(0.0)))
+    var = f"(({s2} - {s} * {s} / {n}) / {n})"
+    std = f"(CASE WHEN {n} >= 2 THEN (CASE WHEN {var} > 0 THEN sqrt({var}) ELSE 0.0 END) END)"
     if aggregate == "std":
         return std
     if aggregate == "deviation":
-        return cur - mean
+        return f"({cur} - {mean})"
     if aggregate == "ratio_to_mean":
-        return F.when(mean != 0, cur / mean)
+        return f"(CASE WHEN {mean} != 0 THEN {cur} / {mean} END)"
     if aggregate == "zscore":
-        ok = std > F.lit(STD_EPS) * F.greatest(F.lit(1.0), F.abs(mean))
-        return F.when(ok, (cur - mean) / std)
+        return f"(CASE WHEN {std} > {STD_EPS!r} * greatest(1.0, abs({mean})) THEN ({cur} - {mean}) / {std} END)"
     raise ValueError(aggregate)
 
 
-# -- building blocks ------------------------------------------------------------------------------------
-def _filter(d: FeatureDef) -> Column | None:
-    from pyspark.sql import functions as F
-
-    cond = None
+def _filter_sql(d: FeatureDef) -> str | None:
+    parts = []
     if d.types is not None:
-        cond = F.col("type").isin(list(d.types))
+        parts.append(f"type IN ({', '.join(_lit(t) for t in d.types)})")
     for col, allowed in d.where:
-        c = F.col(col).cast("string").isin([str(v) for v in allowed])
-        cond = c if cond is None else cond & c
-    return cond
+        parts.append(f"CAST({col} AS STRING) IN ({', '.join(_lit(v) for v in allowed)})")
+    return " AND ".join(parts) if parts else None
 
 
-def _masked(d: FeatureDef, value: Column) -> Column:
+def _masked(d: FeatureDef, value: str) -> str:
     """``value`` for events passing the definition's filter, else NULL (DuckDB's ``FILTER (WHERE …)``)."""
-    from pyspark.sql import functions as F
-
-    cond = _filter(d)
-    return value if cond is None else F.when(cond, value)
+    cond = _filter_sql(d)
+    return value if cond is None else f"CASE WHEN {cond} THEN {value} END"
 
 
-def _json_path(key: str) -> str:
-    return "$['" + key.replace("'", "\\'") + "']"
+def _attr_raw(key: str) -> str:
+    return f"get_json_object(attrs, {_lit('$[' + chr(39) + key + chr(39) + ']')})"
 
 
-def _attr_raw(key: str) -> Column:
-    from pyspark.sql import functions as F
-
-    return F.get_json_object(F.col("attrs"), _json_path(key))
-
-
-def _entity_col(entity: str) -> Column:
-    from pyspark.sql import functions as F
-
+def _entity_sql(entity: str) -> str:
     if entity.startswith(ATTR_ENTITY_PREFIX):
         return _attr_raw(entity[len(ATTR_ENTITY_PREFIX):])
-    return F.col(entity).cast("string")
+    return f"CAST({entity} AS STRING)"
 
 
-def _attr_col(a: AttrFeature) -> Column:
-    from pyspark.sql import functions as F
-
+def _attr_sql(a: AttrFeature) -> str:
     raw = _attr_raw(a.key)
     if a.kind == "numeric":
-        num = raw.cast("double")
-        finite = ~F.isnan(num) & (F.abs(num) != F.lit(float("inf")))
-        return (F.when(raw == "true", F.lit(1.0)).when(raw == "false", F.lit(0.0))
-                .otherwise(F.when(finite, num)))
+        num = f"CAST({raw} AS DOUBLE)"
+        return (f"CASE {raw} WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 ELSE "
+                f"CASE WHEN NOT isnan({num}) AND abs({num}) != double('infinity') THEN {num} END END")
     if a.kind == "timestamp":
-        return (F.col("__tus") - _us(raw.cast("timestamp"))) / F.lit(1e6)
+        return f"(__tus - {_us(raw)}) / 1e6"
     return raw
 
 
-def _current_col(d: FeatureDef) -> Column:
-    from pyspark.sql import functions as F
-
+def _current_sql(d: FeatureDef) -> str:
     x = d.field
     match d.aggregate:
         case "value":
-            return F.col(x).cast("double")  # type: ignore[arg-type]
+            return f"CAST({x} AS DOUBLE)"
         case "category":
-            return F.col(x).cast("string")  # type: ignore[arg-type]
+            return f"CAST({x} AS STRING)"
         case "hour":
-            return F.hour(F.col("ts").cast("timestamp")).cast("double")
+            return "CAST(hour(CAST(ts AS TIMESTAMP)) AS DOUBLE)"
         case "weekday":
-            return F.weekday(F.col("ts").cast("timestamp")).cast("double")
+            return "CAST(weekday(CAST(ts AS TIMESTAMP)) AS DOUBLE)"
         case "length":
-            return F.length(F.col(x)).cast("double")  # type: ignore[arg-type]
+            return f"CAST(length({x}) AS DOUBLE)"
         case "seconds_between":
-            return (_us(F.col(d.other)) - _us(F.col(x))) / F.lit(1e6)  # type: ignore[arg-type]
+            return f"({_us(d.other)} - {_us(x)}) / 1e6"  # type: ignore[arg-type]
         case "field_ratio":
-            return F.when(F.col(d.other) != 0, F.col(x).cast("double") / F.col(d.other))  # type: ignore[arg-type]
+            return f"CASE WHEN {d.other} != 0 THEN CAST({x} AS DOUBLE) / {d.other} END"
     raise ValueError(d.aggregate)
 
 
-def _window(partition: list[Column], window_us: int | None, delay_us: int = 0) -> Any:
-    from pyspark.sql import Window
-
-    start = Window.unboundedPreceding if window_us is None else -(window_us + delay_us)
-    return Window.partitionBy(*partition).orderBy("__tus").rangeBetween(start, -(delay_us + 1))
+def _frame(partition: str, window_us: int | None, delay_us: int = 0) -> str:
+    start = "UNBOUNDED PRECEDING" if window_us is None else f"{window_us + delay_us} PRECEDING"
+    return f"(PARTITION BY {partition} ORDER BY __tus RANGE BETWEEN {start} AND {delay_us + 1} PRECEDING)"
 
 
 # -- the engine -----------------------------------------------------------------------------------------
@@ -240,8 +229,6 @@ def spark_features(
     set): it must hold no ring features. History reaches back before ``since`` as in the batch engine.
     ``cache`` persists the events read (memory, spilling to disk): the label features read them again.
     """
-    from pyspark.sql import functions as F
-
     if features.graph_definitions:
         names = ", ".join(d.name for d in features.graph_definitions[:3])
         raise ConfigError(
@@ -255,200 +242,149 @@ def spark_features(
     if types is not None and not types:
         raise DataError("types is empty: name at least one event type", field="types", value=types)
 
-    ev = read_events(spark, root, until=until)
-    labels = read_labels(spark, root, until=until)
     defs = features.definitions
     entities = sorted({d.entity for d in defs if d.kind in ("window", "history")}, key=str)
-    # Entity keys in one projection (a chain of withColumn makes the analyser re-walk the plan each time).
-    ev = ev.select("*", *[
-        c for idx, entity in enumerate(entities) for c in (
-            F.coalesce(_entity_col(entity), F.concat(F.lit("\u0000"), F.col("event_id"))).alias(f"__k{idx}"),
-            _entity_col(entity).isNotNull().alias(f"__h{idx}"))])  # type: ignore[arg-type]
+    ents = {e: (f"__k{i}", f"__h{i}", _entity_sql(e)) for i, e in enumerate(entities)}  # type: ignore[arg-type]
+    keys = "".join(f", coalesce({sql}, concat('\\u0000', event_id)) AS {k}, ({sql}) IS NOT NULL AS {h}"
+                   for k, h, sql in ents.values())
+    tag = f"sg{id(features) & 0xFFFFFF:x}{abs(hash((str(root), since, until))) & 0xFFFF:x}"
+    read_events(spark, root, until=until).createOrReplaceTempView(f"{tag}_raw")
+    ev = spark.sql(f"SELECT *, {_us('ts')} AS __tus{keys} FROM {tag}_raw")
     if cache:
         ev = ev.persist()
-    el_ol = _event_labels(labels, spark, cache=cache)
-    ts_type = ev.schema["ts"].dataType
-    base = ev
-    cols: dict[str, Column] = {}  # output column name -> expression on the windowed frame
-    raws: dict[str, Column] = {}  # raw window columns, shared between features with equal inputs
-    raw_keys: dict[str, str] = {}
-    joins: list[DataFrame] = []
+    ev.createOrReplaceTempView(f"{tag}_ev")
+    labels = read_labels(spark, root, until=until)
+    labels.createOrReplaceTempView(f"{tag}_lab")
 
-    def raw(key: str, make: Any) -> Column:
-        name = raw_keys.get(key)
-        if name is None:
-            name = raw_keys[key] = f"__r{len(raw_keys)}"
-            raws[name] = make()
-        return F.col(name)
+    out_where = ["TRUE"]
+    if since is not None:
+        out_where.append(f"ts >= TIMESTAMP_NTZ {_lit(since.isoformat(sep=' '))}"
+                         if "ntz" in ev.schema["ts"].dataType.typeName() else
+                         f"ts >= TIMESTAMP {_lit(since.isoformat(sep=' '))}")
+    if types is not None:
+        out_where.append(f"type IN ({', '.join(_lit(t) for t in types)})")
+    out_cond = " AND ".join(out_where)
+
+    cols: dict[str, str] = {}   # finished feature SQL over the windowed rows + side columns
+    raws: dict[str, str] = {}   # raw window SQL -> column name, shared between features with equal inputs
+    ctes: list[str] = []
+    side: list[str] = []
+
+    def raw(sql: str) -> str:
+        if sql not in raws:
+            raws[sql] = f"__r{len(raws)}"
+        return raws[sql]
 
     for d in defs:
         if d.kind == "current":
-            cols[d.name] = _current_col(d)
+            cols[d.name] = _current_sql(d)
     for a in features.attrs:
-        cols[a.name] = _attr_col(a)
+        cols[a.name] = _attr_sql(a)
 
-    for idx, entity in enumerate(entities):
-        key_name, has_name = f"__k{idx}", f"__h{idx}"
-        k, has = F.col(key_name), F.col(has_name)
+    for entity, (k, h, esql) in ents.items():
         for d in (d for d in defs if d.entity == entity):
-            w = _window([k], d.window_us, d.delay_us)
-            wkey = f"{key_name}|{d.window_us}|{d.delay_us}|{d.filter_key}"
+            frame = _frame(k, d.window_us, d.delay_us)
             agg = d.aggregate
-
-            def count(d: FeatureDef = d, w: Any = w, wkey: str = wkey) -> Column:
-                return raw(f"count|{wkey}", lambda: F.count(_masked(d, F.lit(1))).over(w)).cast("double")
-
+            one = _masked(d, "1")
+            count = f"CAST({raw(f'count({one}) OVER {frame}')} AS DOUBLE)"
             if agg == "count":
-                cols[d.name] = F.when(has, count())
+                cols[d.name] = f"CASE WHEN {h} THEN {count} END"
             elif agg == "distinct":
-                val = raw(f"distinct|{d.field}|{wkey}",
-                          lambda d=d, w=w: F.size(F.collect_set(_masked(d, F.col(d.field))).over(w)))
-                cols[d.name] = F.when(has, val.cast("double"))
+                r = raw(f"size(collect_set({_masked(d, d.field)}) OVER {frame})")  # type: ignore[arg-type]
+                cols[d.name] = f"CASE WHEN {h} THEN CAST({r} AS DOUBLE) END"
             elif agg in ("sum", "mean", "std", "zscore", "ratio_to_mean", "deviation"):
-                x = F.col(d.field).cast("double")  # type: ignore[arg-type]
-                n = raw(f"n|{d.field}|{wkey}", lambda d=d, w=w, x=x: F.count(_masked(d, x)).over(w)).cast("double")
-                s = F.coalesce(raw(f"s|{d.field}|{wkey}", lambda d=d, w=w, x=x: F.sum(_masked(d, x)).over(w)),
-                               F.lit(0.0))
-                s2 = F.coalesce(raw(f"s2|{d.field}|{wkey}",
-                                    lambda d=d, w=w, x=x: F.sum(_masked(d, x * x)).over(w)), F.lit(0.0))
-                cols[d.name] = F.when(has, finish_column(agg, n, s, s2, x))
+                x = f"CAST({d.field} AS DOUBLE)"
+                n = f"CAST({raw(f'count({_masked(d, x)}) OVER {frame}')} AS DOUBLE)"
+                s = f"coalesce({raw(f'sum({_masked(d, x)}) OVER {frame}')}, 0.0)"
+                x2 = _masked(d, f"{x} * {x}")
+                s2 = f"coalesce({raw(f'sum({x2}) OVER {frame}')}, 0.0)"
+                cols[d.name] = f"CASE WHEN {h} THEN {finish_sql(agg, n, s, s2, x)} END"
             elif agg in ("since_last", "since_first"):
-                wu = _window([k], None)
-                fn = F.max if agg == "since_last" else F.min
-                t = raw(f"{agg}|{key_name}|{d.filter_key}", lambda d=d, wu=wu, fn=fn: fn(_masked(d, F.col("__tus"))).over(wu))
-                cols[d.name] = F.when(has, (F.col("__tus") - t) / F.lit(1e6))
+                fn = "max" if agg == "since_last" else "min"
+                r = raw(f"{fn}({_masked(d, '__tus')}) OVER {_frame(k, None)}")
+                cols[d.name] = f"CASE WHEN {h} THEN (__tus - {r}) / 1e6 END"
             elif agg == "is_new":
-                wn = _window([k, F.col(d.field)], d.window_us)  # type: ignore[arg-type]
-                n = raw(f"isnew|{d.field}|{key_name}|{d.window_us}|{d.filter_key}",
-                        lambda d=d, wn=wn: F.count(_masked(d, F.lit(1))).over(wn))
-                cols[d.name] = F.when(has & F.col(d.field).isNotNull(), (n == 0).cast("double"))  # type: ignore[arg-type]
+                r = raw(f"count({_masked(d, '1')}) OVER {_frame(f'{k}, {d.field}', d.window_us)}")
+                cols[d.name] = f"CASE WHEN {h} AND {d.field} IS NOT NULL THEN CAST({r} = 0 AS DOUBLE) END"
             elif agg == "user_share":
-                den = count()
-                wu = _window([k, F.col("user_id")], d.window_us)
-                num = raw(f"ushare|{key_name}|{d.window_us}|{d.filter_key}",
-                          lambda d=d, wu=wu: F.count(_masked(d, F.lit(1))).over(wu)).cast("double")
-                cols[d.name] = F.when(has & F.col("user_id").isNotNull() & (den > 0), num / den)
+                num = raw(f"count({_masked(d, '1')}) OVER {_frame(f'{k}, user_id', d.window_us)}")
+                cols[d.name] = (f"CASE WHEN {h} AND user_id IS NOT NULL AND {count} > 0 "
+                                f"THEN CAST({num} AS DOUBLE) / {count} END")
             elif agg == "label_rate":
-                den = count()
-                hits = F.coalesce(F.col(f"__hits_{d.name}"), F.lit(0)).cast("double")
-                joins.append(_label_hits(base, el_ol, d, since, types))
-                cols[d.name] = F.when(has & (den > 0), hits / den)
+                name = f"__hits_{len(side)}"
+                ctes.append(_label_hits_sql(tag, name, d, esql, out_cond))
+                side.append(name)
+                cols[d.name] = f"CASE WHEN {h} AND {count} > 0 THEN coalesce({name}.hits, 0) / {count} END"
             elif agg == "smoothed_label_rate":
-                joins.append(_smoothed(base, el_ol, d, since, types, ts_type))
+                name = f"__sm_{len(side)}"
+                ctes.append(_smoothed_sql(tag, name, d, esql, out_cond))
+                side.append(name)
                 m, prior = float(d.smoothing), float(d.prior)  # type: ignore[arg-type]
-                hits = F.col(f"__sh_{d.name}").cast("double")
-                n = F.col(f"__sn_{d.name}").cast("double")
-                cols[d.name] = (hits + F.lit(m * prior)) / (n + F.lit(m))
+                cols[d.name] = f"({name}.hits + {m * prior!r}) / ({name}.n + {m!r})"
 
-    if raws:
-        ev = ev.select("*", *[c.alias(n) for n, c in raws.items()])
-    ev = _output_rows(ev, since, types)
-    for j in joins:
-        ev = ev.join(j, on="event_id", how="left")
-
-    out: list[Column] = [F.col(c) for c in KEY_COLUMNS]
+    raw_sel = "".join(f", {sql} AS {name}" for sql, name in raws.items())
+    joins = "".join(f" LEFT JOIN {s} ON {s}.event_id = o.event_id" for s in side)
+    finished = ", ".join(f"{sql} AS {name}" for name, sql in cols.items())
     derived = {d.name: d for d in defs if d.kind == "derived"}
+    final = []
     for name in features.columns:
         item = features.get(name)
         if name in derived:
-            a, b = (cols.get(i, F.lit(None).cast("double")) for i in derived[name].inputs)
-            expr = F.when(b != 0, a / b)
+            a, b = derived[name].inputs
+            expr = f"CASE WHEN {b} != 0 THEN {a} / {b} END" if a in cols and b in cols else "NULL"
         else:
-            expr = cols.get(name, F.lit(None))
-        out.append((expr.cast("string") if item.categorical else expr.cast("double")).alias(name))
-    return ev.select(*out)
+            expr = name if name in cols else "NULL"
+        final.append(f"CAST({expr} AS {'STRING' if item.categorical else 'DOUBLE'}) AS {name}")
+    keys_sel = ", ".join(f"o.{c} AS {c}" for c in KEY_COLUMNS)
+    sql = (f"WITH {''.join(c + ', ' for c in ctes)}"
+           f"w AS (SELECT *{raw_sel} FROM {tag}_ev), o AS (SELECT * FROM w WHERE {out_cond}), "
+           f"f AS (SELECT {keys_sel}{', ' + finished if finished else ''} FROM o{joins}) "
+           f"SELECT {', '.join(KEY_COLUMNS)}{''.join(', ' + x for x in final)} FROM f")
+    return spark.sql(sql)
 
 
-def _output_rows(df: DataFrame, since: datetime | None, types: list[str] | None) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    if since is not None:
-        df = df.where(F.col("ts") >= F.lit(since))
-    if types is not None:
-        df = df.where(F.col("type").isin(types))
-    return df
-
-
-def _event_labels(labels: DataFrame | None, spark: SparkSession, *, cache: bool = False) -> tuple[DataFrame, DataFrame]:
-    """Per labelled event and per labelled order: earliest positive label time ``kp`` and earliest label ``kl``."""
-    from pyspark.sql import functions as F
-
-    if labels is None:
-        empty = spark.createDataFrame([], "entity_id string, kp long, kl long")
-        return empty, empty
-
-    def per(kind: str) -> DataFrame:
-        return (labels.where(F.col("entity_kind") == kind).groupBy("entity_id")
-                .agg(F.min(F.when(F.col("label") == 1, F.col("__lus"))).alias("kp"), F.min("__lus").alias("kl")))
-
-    el, ol = per("event"), per("order")
-    return (el.persist(), ol.persist()) if cache else (el, ol)
+def _labelled_sql(tag: str, d: FeatureDef, esql: str) -> str:
+    """Matching events of the entity with a label on the event or its order: ``ent, tus, kp, kl``
+    (earliest positive label time, earliest label time, in µs)."""
+    cond = _filter_sql(d) or "TRUE"
+    lab = f"{tag}_lab"
+    per = ("SELECT entity_id, min(CASE WHEN label = 1 THEN {us} END) AS kp, min({us}) AS kl FROM {lab} "
+           "WHERE entity_kind = '{kind}' GROUP BY entity_id")
+    el = per.format(us=_us("labeled_at"), lab=lab, kind="event")
+    ol = per.format(us=_us("labeled_at"), lab=lab, kind="order")
+    return (f"SELECT {esql} AS ent, ev.__tus AS tus, least(el.kp, ol.kp) AS kp, least(el.kl, ol.kl) AS kl "
+            f"FROM {tag}_ev ev LEFT JOIN ({el}) el ON el.entity_id = ev.event_id "
+            f"LEFT JOIN ({ol}) ol ON ol.entity_id = ev.order_id "
+            f"WHERE {esql} IS NOT NULL AND ({cond}) AND (el.kl IS NOT NULL OR ol.kl IS NOT NULL)")
 
 
-def _labelled_events(ev: DataFrame, el_ol: tuple[DataFrame, DataFrame], d: FeatureDef) -> DataFrame:
-    """Matching events of the entity with a label (event or order): ``ent, tus, kp, kl``."""
-    from pyspark.sql import functions as F
-
-    el, ol = el_ol
-    e = _entity_col(d.entity)  # type: ignore[arg-type]
-    cond = _filter(d)
-    base = ev.where(e.isNotNull() & (cond if cond is not None else F.lit(True)))
-    base = base.select("event_id", "order_id", F.col("__tus").alias("tus"), e.alias("ent"))
-    el = el.select(F.col("entity_id").alias("event_id"), F.col("kp").alias("ekp"), F.col("kl").alias("ekl"))
-    ol = ol.select(F.col("entity_id").alias("order_id"), F.col("kp").alias("okp"), F.col("kl").alias("okl"))
-    j = base.join(el, on="event_id", how="left").join(ol, on="order_id", how="left")
-    j = j.where(F.col("ekl").isNotNull() | F.col("okl").isNotNull())
-    return j.select("ent", "tus", F.least("ekp", "okp").alias("kp"), F.least("ekl", "okl").alias("kl"))
-
-
-def _label_hits(ev: DataFrame, el_ol: tuple[DataFrame, DataFrame], d: FeatureDef, since: datetime | None,
-                types: list[str] | None) -> DataFrame:
+def _label_hits_sql(tag: str, name: str, d: FeatureDef, esql: str, out_cond: str) -> str:
     """Per event: matching events of the entity in [t-delay-window, t-delay) with a positive known before t."""
-    from pyspark.sql import functions as F
-
-    e = _entity_col(d.entity)  # type: ignore[arg-type]
-    pos = _labelled_events(ev, el_ol, d).where(F.col("kp").isNotNull()).select(
-        F.col("ent").alias("pent"), F.col("tus").alias("ptus"), F.col("kp").alias("known"))
-    tgt = _output_rows(ev.where(e.isNotNull()), since, types).select("event_id", e.alias("ent"), "__tus")
     lo, hi = d.window_us + d.delay_us, d.delay_us  # type: ignore[operator]
-    j = tgt.join(pos, (pos.pent == tgt.ent) & (pos.ptus >= tgt["__tus"] - lo) & (pos.ptus < tgt["__tus"] - hi)
-                 & (pos.known < tgt["__tus"]))
-    return j.groupBy("event_id").agg(F.count(F.lit(1)).alias(f"__hits_{d.name}"))
+    return (f"{name} AS (SELECT t.event_id, count(*) AS hits FROM "
+            f"(SELECT event_id, {esql} AS ent, __tus FROM {tag}_ev WHERE {esql} IS NOT NULL AND {out_cond}) t "
+            f"JOIN (SELECT * FROM ({_labelled_sql(tag, d, esql)}) WHERE kp IS NOT NULL) p "
+            f"ON p.ent = t.ent AND p.tus >= t.__tus - {lo} AND p.tus < t.__tus - {hi} AND p.kp < t.__tus "
+            "GROUP BY t.event_id)")
 
 
-def _smoothed(ev: DataFrame, el_ol: tuple[DataFrame, DataFrame], d: FeatureDef, since: datetime | None,
-              types: list[str] | None, ts_type: Any) -> DataFrame:
-    """Per event: earlier positives known before t (``__sh_``) and the denominator (``__sn_``), as in batch."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    e = _entity_col(d.entity)  # type: ignore[arg-type]
-    cond = _filter(d)
-    m = cond if cond is not None else F.lit(True)
+def _smoothed_sql(tag: str, name: str, d: FeatureDef, esql: str, out_cond: str) -> str:
+    """Per event: earlier positives known before t (``hits``) and the denominator (``n``), as in batch:
+    a labelled event counts from ``max(ts, labeled_at)`` on, strictly after; one running sum per entity."""
+    cond = _filter_sql(d) or "TRUE"
     labelled = d.denominator == "labelled"
-    evs = ev.where(e.isNotNull())
-    s = evs.select(F.col("event_id"), F.col("ts"), F.col("type"), e.alias("ent"), F.col("__tus").alias("vt"),
-                   (F.lit(0) if labelled else F.coalesce(m, F.lit(False)).cast("int")).alias("c"),
-                   F.lit(0).alias("p"), F.lit(1).alias("tgt"))
-    lab = _labelled_events(ev, el_ol, d)
-    parts = [s, lab.where(F.col("kp").isNotNull()).select(
-        F.lit(None).cast("string").alias("event_id"), F.lit(None).cast(ts_type).alias("ts"),
-        F.lit(None).cast("string").alias("type"), "ent", F.greatest("tus", "kp").alias("vt"),
-        F.lit(0).alias("c"), F.lit(1).alias("p"), F.lit(0).alias("tgt"))]
+    c = "0" if labelled else f"CAST(coalesce({cond}, FALSE) AS INT)"
+    lab = f"__lab_{name}"
+    rows = (f"SELECT event_id, ts, type, {esql} AS ent, __tus AS vt, {c} AS c, 0 AS p, 1 AS tgt FROM {tag}_ev "
+            f"WHERE {esql} IS NOT NULL "
+            f"UNION ALL SELECT NULL, NULL, NULL, ent, greatest(tus, kp), 0, 1, 0 FROM {lab} WHERE kp IS NOT NULL")
     if labelled:
-        parts.append(lab.where(F.col("kl").isNotNull()).select(
-            F.lit(None).cast("string").alias("event_id"), F.lit(None).cast(ts_type).alias("ts"),
-            F.lit(None).cast("string").alias("type"), "ent", F.greatest("tus", "kl").alias("vt"),
-            F.lit(1).alias("c"), F.lit(0).alias("p"), F.lit(0).alias("tgt")))
-    u = parts[0]
-    for p in parts[1:]:
-        u = u.unionByName(p)
-    w = Window.partitionBy("ent").orderBy("vt").rangeBetween(Window.unboundedPreceding, -1)
-    u = u.select("event_id", "ts", "type", "tgt",
-                 F.coalesce(F.sum("p").over(w), F.lit(0)).alias(f"__sh_{d.name}"),
-                 F.coalesce(F.sum("c").over(w), F.lit(0)).alias(f"__sn_{d.name}"))
-    u = _output_rows(u.where(F.col("tgt") == 1), since, types)
-    return u.select("event_id", f"__sh_{d.name}", f"__sn_{d.name}")
+        rows += f" UNION ALL SELECT NULL, NULL, NULL, ent, greatest(tus, kl), 1, 0, 0 FROM {lab} WHERE kl IS NOT NULL"
+    w = "(PARTITION BY ent ORDER BY vt RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+    return (f"{lab} AS ({_labelled_sql(tag, d, esql)}), "
+            f"{name} AS (SELECT event_id, hits, n FROM (SELECT event_id, ts, type, tgt, "
+            f"coalesce(sum(p) OVER {w}, 0) AS hits, coalesce(sum(c) OVER {w}, 0) AS n FROM ({rows})) "
+            f"WHERE tgt = 1 AND {out_cond})")
 
 
 # -- convenience: from a store to a feature file ----------------------------------------------------------
