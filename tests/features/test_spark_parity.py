@@ -15,10 +15,12 @@ from typing import Any
 import polars as pl
 import pytest
 from tests.features.conftest import make_log
+from typer.testing import CliRunner
 
+from shopguard.cli.main import app
 from shopguard.features import compute_features
 from shopguard.features.batch import feature_set
-from shopguard.features.definitions import FeatureSet
+from shopguard.features.definitions import KEY_COLUMNS, FeatureSet
 from shopguard.features.spark import java_problem
 from shopguard.store import EventStore
 from shopguard.store.parquet import export_parquet
@@ -77,22 +79,42 @@ def _spark_frame(spark: Any, root: Path, fs: Any, **kw: Any) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
 
 
-def test_every_feature_matches_duckdb(spark: Any, exported: tuple[Path, Path]) -> None:
+def test_every_feature_matches_duckdb(spark: Any, exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Through the CLI: `shopguard features --engine duckdb` and `--engine spark` write the same table."""
     db, root = exported
     with EventStore(db, read_only=True) as store:
-        fs = feature_set(store, rings=False, generated=True)
-        batch = compute_features(store, definitions=fs)
+        fs = feature_set(store, rings=False)
     assert not fs.graph_definitions
     kinds = {d.aggregate for d in fs.definitions}
     # The check covers what it claims: generated features, an attrs entity, every attrs kind.
     assert {"smoothed_label_rate", "user_share", "label_rate", "is_new", "zscore", "distinct"} <= kinds
     assert any(d.entity and d.entity.startswith("attr:") for d in fs.definitions)
     assert {a.kind for a in fs.attrs} == {"numeric", "categorical", "timestamp"}
-    out = _spark_frame(spark, root, fs)
-    assert out.columns == batch.columns
+    runner = CliRunner()
+    for engine in ("duckdb", "spark"):
+        res = runner.invoke(app, ["features", "--db", str(db), "--engine", engine, "--spark-master", "local[2]",
+                                  "--parquet", str(root), "--out", str(tmp_path / f"{engine}.parquet")])
+        assert res.exit_code == 0, res.output
+        assert f"960 rows x {len(fs.columns)} features ({engine})" in " ".join(res.output.split())
+    batch = pl.read_parquet(tmp_path / "duckdb.parquet")
+    out = pl.read_parquet(tmp_path / "spark.parquet")
+    assert out.columns == batch.columns == [*KEY_COLUMNS, *fs.columns]
+    assert out.schema == batch.schema
     _compare(batch, out, fs.columns)
     # Not vacuous: most features take several values.
     assert sum(batch[c].n_unique() > 2 for c in fs.numeric) > len(fs.numeric) // 2
+
+
+def test_export_layout(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    db, _root = exported
+    res = CliRunner().invoke(app, ["export", "--db", str(db), "--parquet", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    days = sorted(p.name for p in (tmp_path / "x" / "events").iterdir())
+    assert days[0] == "day=2024-01-01" and len(days) > 30
+    assert pl.read_parquet(tmp_path / "x" / "events" / "**" / "*.parquet").height == 960
+    assert (tmp_path / "x" / "labels").is_dir()
+    res = CliRunner().invoke(app, ["export", "--db", str(db), "--parquet", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "overwrite" in res.output
 
 
 def test_since_until_types_match_duckdb(spark: Any, exported: tuple[Path, Path]) -> None:

@@ -81,6 +81,7 @@ def spark_session(master: str = DEFAULT_MASTER, *, app_name: str = "shopguard",
     b = (SparkSession.builder.master(master).appName(app_name)
          .config("spark.sql.session.timeZone", "UTC")
          .config("spark.sql.ansi.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false")
          .config("spark.sql.parquet.inferTimestampNTZ.enabled", "true"))
     if master.startswith("local"):
         b = (b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
