@@ -103,3 +103,9 @@ def test_parse_duration_rejects_garbage_clearly(text: str) -> None:
         assert exc.field == "window"
     else:
         assert us is not None and us > 0
+
+
+def test_a_missing_key_reads_as_words() -> None:
+    d = FeatureDef("ip_events_10m", "count", entity="ip", window="10m")
+    assert d.describe_value(None) == "no ip on this event (ip_events_10m)"
+    assert FeatureDef("amount", "value", field="amount").describe_value(None) == "amount is missing"

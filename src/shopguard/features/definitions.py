@@ -198,6 +198,10 @@ class FeatureDef:
     def describe_value(self, value: Any) -> str:
         """The reason text for a value, in the domain's words."""
         if value is None:
+            if self.entity is not None and self.entity != "user_id":
+                # A window over a key the event does not carry (no IP, no device): say that, in words.
+                key = self.entity.removeprefix("attr:").removesuffix("_id").replace("_", " ")
+                return f"no {key} on this event ({self.name})"
             return f"{self.name} is missing"
         try:
             return self.describe.format(value=value, name=self.name)
