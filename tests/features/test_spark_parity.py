@@ -123,10 +123,15 @@ def test_since_until_types_match_duckdb(spark: Any, exported: tuple[Path, Path])
     with EventStore(db, read_only=True) as store:
         full = feature_set(store, rings=False, generated=True, until=until)
         # A slice of the set (every kind that reads labels or history differently), to keep the test short.
-        keep = tuple(d for d in full.definitions
-                     if d.aggregate in ("label_rate", "smoothed_label_rate", "user_share", "is_new", "since_last")
-                     or d.name.startswith("merchant_tx_delayed"))
-        fs = FeatureSet(keep, full.attrs)
+        wanted = {"label_rate", "smoothed_label_rate", "user_share", "is_new", "since_last", "count", "zscore"}
+        keep, seen = [], set()
+        for d in full.definitions:  # the first of each kind, and the delayed merchant features
+            if d.kind != "derived" and (d.aggregate in wanted - seen or d.name in ("merchant_risk_7d",
+                                                                                  "merchant_tx_delayed_7d")):
+                seen.add(d.aggregate)
+                keep.append(d)
+        fs = FeatureSet(tuple(keep), full.attrs)
+        assert {d.aggregate for d in fs.definitions} == wanted
         batch = compute_features(store, definitions=fs, since=since, until=until, types=["pay", "order"])
     out = _spark_frame(spark, root, fs, since=since, until=until, types=["pay", "order"])
     assert batch.height > 50
