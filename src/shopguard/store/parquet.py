@@ -40,7 +40,7 @@ def export_parquet(store: EventStore, out: str | Path, *, overwrite: bool = Fals
         if d.exists():
             shutil.rmtree(d)
     root.mkdir(parents=True, exist_ok=True)
-    cols = ", ".join(f"CAST(attrs AS VARCHAR) AS attrs" if c == "attrs" else c for c in COLUMN_NAMES)
+    cols = ", ".join("CAST(attrs AS VARCHAR) AS attrs" if c == "attrs" else c for c in COLUMN_NAMES)
     n_events = store.query("SELECT count(*) AS n FROM events")["n"][0]
     n_labels = store.query("SELECT count(*) AS n FROM labels")["n"][0]
     if n_events:
