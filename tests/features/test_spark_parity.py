@@ -144,3 +144,12 @@ def test_ring_features_are_refused(spark: Any, exported: tuple[Path, Path]) -> N
 
     with pytest.raises(ConfigError, match="ring"):
         spark_features(spark, exported[1], FeatureSet())
+
+
+def test_missing_export_names_the_command(spark: Any, tmp_path: Path) -> None:
+    from shopguard.errors import DataError
+    from shopguard.features.definitions import DEFAULT_FEATURES
+    from shopguard.features.spark import spark_features
+
+    with pytest.raises(DataError, match="shopguard export --parquet"):
+        spark_features(spark, tmp_path / "nothing", FeatureSet(DEFAULT_FEATURES).without_graph())

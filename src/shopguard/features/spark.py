@@ -104,7 +104,11 @@ def read_events(spark: SparkSession, root: str | Path, *, until: datetime | None
     """The events of an export; with ``until``, later days are pruned (partition filter) and later events dropped."""
     from pyspark.sql import functions as F
 
-    df = spark.read.parquet(_path(root, EVENTS_DIR))
+    path = _path(root, EVENTS_DIR)
+    if "://" not in str(root) and not Path(path).is_dir():
+        raise DataError(f"no events at {path}: write them with `shopguard export --parquet {root}`",
+                        field="parquet", value=str(root))
+    df = spark.read.parquet(path)
     if until is not None:
         df = df.where(F.col("day") <= F.lit(until.date())).where(F.col("ts") < F.lit(until))
     return df
